@@ -1,0 +1,518 @@
+"""The scheduler port: `Backend`, the one interface every scheduling adapter implements.
+
+A backend runs Prefect 1 flows somewhere (this process, worker processes, a
+Prefect Server with Docker or Kubernetes agents, memory) and reports on them with
+domain types only. The public methods are concrete and hold the rules common to
+every backend (run config resolution, argument checks, time-outs, result
+selection); adapters fill in the ``_``-prefixed hooks.
+
+Life of a flow run, on every backend::
+
+    submit() -> id    state: SCHEDULED or RUNNING (or already final)
+    get_state(id)     any state
+    wait(id, timeout) -> final state, or FlowRunTimeoutError (the run goes on)
+    result(id, task)  waits, then the selected value or the run's failure
+    cancel(id)        -> True if the run was stopped, False if it had ended
+
+No prefect, requests or docker exception crosses the port: adapters translate
+them into `lume_scheduling.domain` errors with ``raise ... from err``. Invalid
+run configuration raises `pydantic.ValidationError` before anything runs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from datetime import timedelta
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Type, Union
+
+from lume_scheduling.domain import (
+    FlowRunResult,
+    FlowRunState,
+    FlowRunTimeoutError,
+    LocalBackendError,
+    RunConfig,
+    as_timedelta,
+)
+
+Timeout = Union[timedelta, float, int, None]
+
+
+@dataclass(frozen=True)
+class BackendCapabilities:
+    """What a backend can do, declared rather than discovered.
+
+    Attributes:
+        server: Projects and flow registration exist (``create_project``,
+            ``register_flow``, ``load_flow``); runs are addressed by ``flow_id``
+            and ``run()`` returns a flow run id at once. Without it those three
+            raise `LocalBackendError`, runs take ``flow=`` and ``run()`` waits for
+            the run and returns None, as the seed documents for local execution.
+        cancel: A running flow run can be stopped by ``cancel``.
+        timeout: ``wait`` with a time-out returns control when the time is up,
+            even if the flow hangs.
+        isolation: A flow that crashes or hangs cannot take the caller down, and
+            its env and working directory cannot leak into the caller.
+    """
+
+    server: bool
+    cancel: bool = True
+    timeout: bool = True
+    isolation: bool = False
+
+    def names(self) -> List[str]:
+        """Names of the capabilities that are present, sorted."""
+        return sorted(f.name for f in fields(self) if getattr(self, f.name))
+
+
+@dataclass(frozen=True)
+class FlowRunRequest:
+    """A validated request to run a flow, as handed to an adapter's ``_submit``.
+
+    Attributes:
+        parameters: Flow parameters by name (a fresh dict, owned by the request).
+        run_config: The resolved run config, of the backend's run config type.
+        flow: The Prefect flow to run (backends without ``server``), else None.
+        flow_id: The registered flow to run (backends with ``server``), else None.
+    """
+
+    parameters: Dict[str, Any]
+    run_config: RunConfig
+    flow: Any = None
+    flow_id: Optional[str] = None
+
+
+def resolve_run_config(
+    run_config_type: Type[RunConfig],
+    run_config: Union[RunConfig, Mapping[str, Any], None],
+    kwargs: Mapping[str, Any],
+    *,
+    caller: str = "run",
+) -> RunConfig:
+    """Turn ``run_config`` or keyword arguments into a run config of the right type.
+
+    The one place the seed's rule lives: keyword arguments build the run config;
+    when both are given, warn and use ``run_config``.
+
+    Args:
+        run_config_type: The backend's run config model.
+        run_config: A run config, a mapping of its fields, or None.
+        kwargs: Keyword arguments meant for the run config's fields.
+        caller: The method's name, for the warning.
+
+    Returns:
+        A validated instance of ``run_config_type``.
+
+    Raises:
+        pydantic.ValidationError: The fields are invalid, unknown, or belong to
+            another kind of run config.
+    """
+    if run_config is not None and kwargs:
+        warnings.warn(
+            f"both run_config and keyword arguments ({', '.join(sorted(kwargs))}) were "
+            f"passed to {caller}(); the flow runs with run_config",
+            UserWarning,
+            stacklevel=4,
+        )
+    if run_config is None:
+        return run_config_type(**kwargs)
+    if isinstance(run_config, run_config_type):
+        return run_config
+    if isinstance(run_config, RunConfig):
+        # Another kind: revalidate its fields, so the error names what does not fit.
+        return run_config_type.parse_obj(run_config.dict(exclude_unset=True))
+    return run_config_type.parse_obj(run_config)
+
+
+def check_parameters(parameters: Optional[Mapping[str, Any]], argument: str = "parameters") -> Dict[str, Any]:
+    """Copy flow parameters into a fresh dict, checking their shape.
+
+    Raises:
+        TypeError: ``parameters`` is not a mapping with string keys.
+    """
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, Mapping):
+        raise TypeError(
+            f"{argument} must be a mapping of parameter names to values, "
+            f"not {type(parameters).__name__}"
+        )
+    for name in parameters:
+        if not isinstance(name, str):
+            raise TypeError(f"{argument} names must be strings, not {type(name).__name__}")
+    return dict(parameters)
+
+
+def _check_name(argument: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{argument} must be a non-empty string, not {value!r}")
+    return value
+
+
+class Backend(ABC):
+    """Where and how a flow runs. Named as in the seed; this is the port.
+
+    Subclasses set `run_config_type`, declare `capabilities`, and implement the
+    hooks `_submit`, `_get_state`, `_wait`, `_get_result` and `_cancel` (plus
+    `_create_project`, `_register_flow`, `_load_flow` when they have a server).
+    Implementations are safe to call from several threads at once.
+    """
+
+    run_config_type: ClassVar[Type[RunConfig]] = RunConfig
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    @abstractmethod
+    def capabilities(self) -> BackendCapabilities:
+        """What this backend can do (see `BackendCapabilities`)."""
+
+    def close(self) -> None:
+        """Release what the backend holds (workers, connections). Idempotent.
+
+        Postcondition: no process or thread started by the backend is left.
+        """
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------- server operations
+
+    def create_project(self, project_name: str) -> None:
+        """Create a project; creating one that exists is not an error.
+
+        Raises:
+            LocalBackendError: The backend has no server.
+            ValueError: ``project_name`` is empty.
+            BackendUnavailableError: The server cannot be reached.
+        """
+        self._require_server("create_project")
+        self._create_project(_check_name("project_name", project_name))
+
+    def register_flow(
+        self,
+        flow: Any,
+        project_name: str,
+        image: Optional[str] = None,
+        labels: Optional[List[str]] = None,
+        idempotency_key: Optional[str] = None,
+        version_group_id: Optional[str] = None,
+        build: bool = True,
+        no_url: bool = False,
+        set_schedule_active: bool = True,
+    ) -> str:
+        """Register a Prefect flow in a project; registering it again makes a new
+        version (unless ``idempotency_key`` matches the last registration).
+
+        Args:
+            flow: The Prefect 1 ``Flow``.
+            project_name: An existing project.
+            image: Image the flow runs in; None means the backend's default.
+            labels: Replace the flow's labels (agents pick runs by label).
+            idempotency_key: Same key as the last registration: no new version.
+            version_group_id: Version group to register into.
+            build: Build the flow's storage before registering.
+            no_url: Do not print the flow's UI address.
+            set_schedule_active: Whether the flow's schedule starts active.
+
+        Returns:
+            The flow id of the registered version.
+
+        Raises:
+            LocalBackendError: The backend has no server.
+            ValueError: ``project_name`` is empty or unknown to the server.
+            BackendUnavailableError: The server cannot be reached.
+        """
+        self._require_server("register_flow")
+        return self._register_flow(
+            flow,
+            _check_name("project_name", project_name),
+            image=image,
+            labels=None if labels is None else list(labels),
+            idempotency_key=idempotency_key,
+            version_group_id=version_group_id,
+            build=build,
+            no_url=no_url,
+            set_schedule_active=set_schedule_active,
+        )
+
+    def load_flow(self, flow_name: str, project_name: str) -> Dict[str, Any]:
+        """Load the newest version of a registered flow.
+
+        Returns:
+            ``{"flow_id": str, "flow": prefect Flow}``
+
+        Raises:
+            LocalBackendError: The backend has no server.
+            FlowNotFoundError: No flow of that name in that project.
+            BackendUnavailableError: The server cannot be reached.
+        """
+        self._require_server("load_flow")
+        return self._load_flow(
+            _check_name("flow_name", flow_name), _check_name("project_name", project_name)
+        )
+
+    # ----------------------------------------------------------- flow runs
+
+    def submit(
+        self,
+        parameters: Optional[Mapping[str, Any]] = None,
+        run_config: Union[RunConfig, Mapping[str, Any], None] = None,
+        *,
+        flow: Any = None,
+        flow_id: Optional[str] = None,
+        **kwargs: Any,
+    ) -> str:
+        """Start a flow run and return its id without waiting for it.
+
+        Args:
+            parameters: Flow parameters by name.
+            run_config: A run config of `run_config_type` (or a mapping of its
+                fields); None builds one from ``kwargs``.
+            flow: The flow to run (backends without ``server``; the fake takes
+                either).
+            flow_id: The registered flow to run (backends with ``server``).
+            **kwargs: Fields of the run config, used when ``run_config`` is None.
+
+        Returns:
+            The flow run id. Postcondition: the run exists, in any state.
+
+        Raises:
+            pydantic.ValidationError: Invalid run configuration; nothing ran.
+            TypeError: Bad ``parameters``, or the wrong one of ``flow``/``flow_id``.
+            FlowNotFoundError: ``flow_id`` is unknown.
+            BackendUnavailableError: The backend cannot be reached.
+        """
+        request = self._request(parameters, run_config, flow, flow_id, kwargs, "submit")
+        return self._submit(request)
+
+    def get_state(self, flow_run_id: str) -> FlowRunState:
+        """The current state of a flow run.
+
+        Raises:
+            FlowRunNotFoundError: Unknown id.
+            BackendUnavailableError: The backend cannot be reached.
+        """
+        return self._get_state(_check_name("flow_run_id", flow_run_id))
+
+    def wait(self, flow_run_id: str, timeout: Timeout = None) -> FlowRunState:
+        """Wait until a flow run has ended.
+
+        Args:
+            flow_run_id: The run.
+            timeout: A `timedelta` or seconds; None waits as long as it takes.
+
+        Returns:
+            The final state.
+
+        Raises:
+            FlowRunTimeoutError: Still not ended when ``timeout`` passed; the run
+                is left as it is (see `cancel`).
+            FlowRunNotFoundError: Unknown id.
+            BackendUnavailableError: The backend cannot be reached.
+        """
+        delta = as_timedelta(timeout)
+        state = self._wait(
+            _check_name("flow_run_id", flow_run_id),
+            None if delta is None else delta.total_seconds(),
+        )
+        if not state.is_final:
+            raise FlowRunTimeoutError(flow_run_id, delta)
+        return state
+
+    def get_result(self, flow_run_id: str, *, timeout: Timeout = None) -> FlowRunResult:
+        """The whole record of a flow run, once it has ended (waits for that).
+
+        Raises:
+            FlowRunTimeoutError: Not ended within ``timeout``.
+            FlowRunNotFoundError: Unknown id.
+            BackendUnavailableError: The backend cannot be reached.
+        """
+        self.wait(flow_run_id, timeout)
+        return self._get_result(flow_run_id)
+
+    def result(
+        self, flow_run_id: str, task_name: Optional[str] = None, *, timeout: Timeout = None
+    ) -> Any:
+        """Wait for a flow run and return its result, selected as in `run_and_return`.
+
+        Raises:
+            FlowFailedError: The run failed or crashed (`FlowRunCancelledError` when
+                it was cancelled).
+            FlowRunTimeoutError: Not ended within ``timeout``, or it timed out.
+            TaskNotInFlowError, TaskNotCompletedError, EmptyResultError: See
+                `lume_scheduling.domain.select_task_result`.
+            FlowRunNotFoundError: Unknown id.
+        """
+        record = self.get_result(flow_run_id, timeout=timeout)
+        failure = record.failure()
+        if failure is not None:
+            raise failure
+        return record.select(task_name)
+
+    def cancel(self, flow_run_id: str) -> bool:
+        """Stop a flow run that has not ended.
+
+        Returns:
+            True if the run was stopped (its state becomes CANCELLED), False if it
+            had already ended (its state is unchanged).
+
+        Raises:
+            FlowRunNotFoundError: Unknown id.
+            BackendUnavailableError: The backend cannot be reached.
+        """
+        return self._cancel(_check_name("flow_run_id", flow_run_id))
+
+    # ----------------------------------------------------- the seed's two calls
+
+    def run(
+        self,
+        parameters: Optional[Mapping[str, Any]] = None,
+        run_config: Union[RunConfig, Mapping[str, Any], None] = None,
+        *,
+        flow: Any = None,
+        flow_id: Optional[str] = None,
+        **kwargs: Any,
+    ) -> Optional[str]:
+        """Run a flow without returning its result.
+
+        With ``server``: starts the run and returns its flow run id at once.
+        Without: waits for the run and returns None, as the seed documents for
+        local execution, raising if it did not succeed (the original dropped
+        the final state, so a failed flow looked like success).
+
+        Raises:
+            pydantic.ValidationError: Invalid run configuration; nothing ran.
+            FlowFailedError: (without ``server``) The run did not succeed.
+            See `submit` for the rest.
+        """
+        request = self._request(parameters, run_config, flow, flow_id, kwargs, "run")
+        flow_run_id = self._submit(request)
+        if self.capabilities.server:
+            return flow_run_id
+        self.wait(flow_run_id)
+        failure = self._get_result(flow_run_id).failure()
+        if failure is not None:
+            raise failure
+        return None
+
+    def run_and_return(
+        self,
+        parameters: Optional[Mapping[str, Any]] = None,
+        run_config: Union[RunConfig, Mapping[str, Any], None] = None,
+        task_name: Optional[str] = None,
+        *,
+        flow: Any = None,
+        flow_id: Optional[str] = None,
+        timeout: Timeout = None,
+        cancel_on_timeout: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """Run a flow, wait for it, and return its result.
+
+        Args:
+            parameters, run_config, flow, flow_id, **kwargs: As for `submit`.
+            task_name: The task whose value to return; None returns
+                ``{slug: value}`` of every task.
+            timeout: A `timedelta` or seconds; None waits as long as it takes.
+            cancel_on_timeout: Cancel the run when the time-out passes.
+
+        Returns:
+            One task's value; ``{slug: value}`` when several tasks match or none
+            is named (`lume_scheduling.domain.select_task_result`).
+
+        Raises:
+            pydantic.ValidationError: Invalid run configuration; nothing ran.
+            FlowFailedError: The run failed or crashed (`FlowRunCancelledError` when
+                it was cancelled).
+            FlowRunTimeoutError: The time-out passed (``cancelled`` tells whether
+                the run was stopped). It is a `RuntimeError` too.
+            TaskNotInFlowError, TaskNotCompletedError, EmptyResultError: As in
+                `select_task_result`.
+            FlowNotFoundError, BackendUnavailableError: As for `submit`.
+        """
+        delta = as_timedelta(timeout)
+        request = self._request(parameters, run_config, flow, flow_id, kwargs, "run_and_return")
+        flow_run_id = self._submit(request)
+        try:
+            self.wait(flow_run_id, delta)
+        except FlowRunTimeoutError:
+            cancelled = self.cancel(flow_run_id) if cancel_on_timeout else False
+            raise FlowRunTimeoutError(
+                flow_run_id, delta, cancelled=cancelled, flow_id=request.flow_id
+            ) from None
+        return self.result(flow_run_id, task_name)
+
+    # ------------------------------------------------------------ shared rules
+
+    def _require_server(self, operation: str) -> None:
+        if not self.capabilities.server:
+            raise LocalBackendError(operation)
+
+    def _request(
+        self,
+        parameters: Optional[Mapping[str, Any]],
+        run_config: Union[RunConfig, Mapping[str, Any], None],
+        flow: Any,
+        flow_id: Optional[str],
+        kwargs: Mapping[str, Any],
+        caller: str,
+    ) -> FlowRunRequest:
+        config = resolve_run_config(self.run_config_type, run_config, kwargs, caller=caller)
+        checked = check_parameters(parameters)
+        self._check_target(flow, flow_id)
+        return FlowRunRequest(checked, config, flow=flow, flow_id=flow_id)
+
+    def _check_target(self, flow: Any, flow_id: Optional[str]) -> None:
+        """Check that the run names what this backend runs.
+
+        Default: backends with ``server`` take ``flow_id``, others take ``flow``.
+
+        Raises:
+            TypeError: The wrong one, both, or neither was given.
+        """
+        if (flow is None) == (flow_id is None):
+            wanted = "flow_id=" if self.capabilities.server else "flow="
+            raise TypeError(f"give exactly one of flow= or flow_id= (this backend takes {wanted})")
+        if self.capabilities.server and flow_id is None:
+            raise TypeError("this backend runs registered flows: pass flow_id=, not flow=")
+        if not self.capabilities.server and flow is None:
+            raise TypeError("this backend has no server: pass the flow itself as flow=")
+        if flow_id is not None:
+            _check_name("flow_id", flow_id)
+
+    # ------------------------------------------------------------ adapter hooks
+
+    def _create_project(self, project_name: str) -> None:
+        raise LocalBackendError("create_project")
+
+    def _register_flow(self, flow: Any, project_name: str, **options: Any) -> str:
+        raise LocalBackendError("register_flow")
+
+    def _load_flow(self, flow_name: str, project_name: str) -> Dict[str, Any]:
+        raise LocalBackendError("load_flow")
+
+    @abstractmethod
+    def _submit(self, request: FlowRunRequest) -> str:
+        """Start the run; return its id. Translate third-party errors."""
+
+    @abstractmethod
+    def _get_state(self, flow_run_id: str) -> FlowRunState:
+        """The run's current state, or FlowRunNotFoundError."""
+
+    @abstractmethod
+    def _wait(self, flow_run_id: str, timeout: Optional[float]) -> FlowRunState:
+        """Block until the run is final or ``timeout`` seconds pass; return the
+        state then (not final on time-out). Never raise for the time-out."""
+
+    @abstractmethod
+    def _get_result(self, flow_run_id: str) -> FlowRunResult:
+        """The record of a run known to be final."""
+
+    @abstractmethod
+    def _cancel(self, flow_run_id: str) -> bool:
+        """Stop the run if it is not final; True if it was stopped."""

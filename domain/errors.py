@@ -1,0 +1,288 @@
+"""The errors every lume-scheduling backend raises, rooted at `SchedulingError`.
+
+Each error keeps what it is about as attributes (flow id, flow run id, task name,
+cause) and builds a readable message from them. Every constructor argument has a
+default, so a bare ``raise EmptyResultError`` works (in the original it was a
+TypeError that hid the real problem).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Iterable, Optional, Sequence
+
+
+def _describe(**fields: object) -> str:
+    """Render the known fields of an error as ``name=value`` pairs."""
+    parts = [f"{name}={value!r}" for name, value in fields.items() if value is not None]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+class SchedulingError(Exception):
+    """Base of every error lume-scheduling raises on purpose."""
+
+
+class EmptyResultError(SchedulingError):
+    """A flow run or one of its tasks finished without a value to return.
+
+    Attributes:
+        flow_id: Id of the flow, when known.
+        flow_run_id: Id of the flow run, when known.
+        task_slug: Slug of the task whose value is missing, when a task was asked for.
+    """
+
+    def __init__(
+        self,
+        flow_id: Optional[str] = None,
+        flow_run_id: Optional[str] = None,
+        task_slug: Optional[str] = None,
+    ) -> None:
+        self.flow_id = flow_id
+        self.flow_run_id = flow_run_id
+        self.task_slug = task_slug
+        what = f"task {task_slug!r}" if task_slug else "flow run"
+        super().__init__(
+            f"{what} finished without a result"
+            + _describe(flow_id=flow_id, flow_run_id=flow_run_id)
+        )
+
+
+class FlowFailedError(SchedulingError):
+    """A flow run ended in a state other than success.
+
+    Attributes:
+        flow_id: Id of the flow, when known.
+        flow_run_id: Id of the flow run.
+        exception_message: What the flow, or the exception that failed it, said.
+        exception_type: Name of the exception type that failed the flow, when known.
+        flow_name: Name of the flow, when known.
+        state: Final state of the run as a lower-case word ("failed", "cancelled",
+            "crashed", ...), when known.
+    """
+
+    def __init__(
+        self,
+        flow_id: Optional[str] = None,
+        flow_run_id: Optional[str] = None,
+        exception_message: Optional[str] = None,
+        *,
+        exception_type: Optional[str] = None,
+        flow_name: Optional[str] = None,
+        state: Optional[str] = None,
+    ) -> None:
+        self.flow_id = flow_id
+        self.flow_run_id = flow_run_id
+        self.exception_message = exception_message
+        self.exception_type = exception_type
+        self.flow_name = flow_name
+        self.state = state
+        subject = f"flow {flow_name!r}" if flow_name else "flow"
+        verb = state or "failed"
+        cause = ""
+        if exception_type and exception_message:
+            cause = f": {exception_type}: {exception_message}"
+        elif exception_message or exception_type:
+            cause = f": {exception_message or exception_type}"
+        super().__init__(
+            f"{subject} run {verb}{cause}"
+            + _describe(flow_id=flow_id, flow_run_id=flow_run_id)
+        )
+
+
+class FlowRunCancelledError(FlowFailedError):
+    """A flow run was cancelled before it finished (a `FlowFailedError` too)."""
+
+    def __init__(
+        self,
+        flow_id: Optional[str] = None,
+        flow_run_id: Optional[str] = None,
+        exception_message: Optional[str] = None,
+        *,
+        flow_name: Optional[str] = None,
+    ) -> None:
+        super().__init__(
+            flow_id,
+            flow_run_id,
+            exception_message,
+            flow_name=flow_name,
+            state="cancelled",
+        )
+
+
+class TaskNotCompletedError(SchedulingError):
+    """A task whose result was asked for did not finish successfully.
+
+    Attributes:
+        task_slug: Slug of the task.
+        flow_id: Id of the flow, when known.
+        flow_run_id: Id of the flow run, when known.
+        state: The task's final state as a lower-case word, when known.
+    """
+
+    def __init__(
+        self,
+        task_slug: Optional[str] = None,
+        flow_id: Optional[str] = None,
+        flow_run_id: Optional[str] = None,
+        *,
+        state: Optional[str] = None,
+    ) -> None:
+        self.task_slug = task_slug
+        self.flow_id = flow_id
+        self.flow_run_id = flow_run_id
+        self.state = state
+        ended = f" (its state is {state})" if state else ""
+        super().__init__(
+            f"task {task_slug!r} did not complete{ended}"
+            + _describe(flow_id=flow_id, flow_run_id=flow_run_id)
+        )
+
+
+class TaskNotInFlowError(SchedulingError):
+    """No task of the flow has the requested name or slug.
+
+    Attributes:
+        flow_name: Name of the flow, when known.
+        project_name: Name of the project, when known.
+        task_name: The name that was asked for.
+        available: The task names and slugs the flow does have, sorted.
+    """
+
+    def __init__(
+        self,
+        flow_name: Optional[str] = None,
+        project_name: Optional[str] = None,
+        task_name: Optional[str] = None,
+        available: Iterable[str] = (),
+    ) -> None:
+        self.flow_name = flow_name
+        self.project_name = project_name
+        self.task_name = task_name
+        self.available: Sequence[str] = tuple(sorted(set(available)))
+        where = f" of flow {flow_name!r}" if flow_name else ""
+        known = (
+            f"; tasks are: {', '.join(self.available)}" if self.available else ""
+        )
+        super().__init__(
+            f"no task named {task_name!r} in the flow run{where}"
+            + _describe(project_name=project_name)
+            + known
+        )
+
+
+class LocalBackendError(SchedulingError):
+    """A server-only operation was called on a backend without a server.
+
+    Attributes:
+        operation: The operation that was called, when known.
+    """
+
+    def __init__(self, operation: Optional[str] = None) -> None:
+        self.operation = operation
+        what = f"{operation}() needs" if operation else "this operation needs"
+        super().__init__(
+            f"{what} a Prefect Server backend (docker or kubernetes); "
+            "the local backend runs flows directly: pass flow= to run()"
+        )
+
+
+class FlowRunTimeoutError(SchedulingError, RuntimeError):
+    """A flow run did not finish within its time-out (a `RuntimeError` too, as
+    the original documents).
+
+    Attributes:
+        flow_run_id: Id of the flow run.
+        timeout: The time-out that passed.
+        cancelled: Whether the run was cancelled because of the time-out.
+        flow_id: Id of the flow, when known.
+    """
+
+    def __init__(
+        self,
+        flow_run_id: Optional[str] = None,
+        timeout: Optional[timedelta] = None,
+        *,
+        cancelled: bool = False,
+        flow_id: Optional[str] = None,
+    ) -> None:
+        self.flow_run_id = flow_run_id
+        self.timeout = timeout
+        self.cancelled = cancelled
+        self.flow_id = flow_id
+        within = f" within {timeout.total_seconds():g} s" if timeout else ""
+        after = "; it was cancelled" if cancelled else ""
+        super().__init__(
+            f"flow run did not finish{within}{after}"
+            + _describe(flow_id=flow_id, flow_run_id=flow_run_id)
+        )
+
+
+class FlowNotFoundError(SchedulingError):
+    """No flow with that id, or that name in that project, is known.
+
+    Attributes:
+        flow_name: The flow name asked for, when looked up by name.
+        project_name: The project asked for, when looked up by name.
+        flow_id: The flow id asked for, when looked up by id.
+    """
+
+    def __init__(
+        self,
+        flow_name: Optional[str] = None,
+        project_name: Optional[str] = None,
+        *,
+        flow_id: Optional[str] = None,
+    ) -> None:
+        self.flow_name = flow_name
+        self.project_name = project_name
+        self.flow_id = flow_id
+        if flow_id is not None:
+            what = f"no flow with id {flow_id!r}"
+        else:
+            what = f"no flow named {flow_name!r} in project {project_name!r}"
+        super().__init__(what)
+
+
+class FlowRunNotFoundError(SchedulingError):
+    """No flow run with that id is known to the backend.
+
+    Attributes:
+        flow_run_id: The id asked for.
+    """
+
+    def __init__(self, flow_run_id: Optional[str] = None) -> None:
+        self.flow_run_id = flow_run_id
+        super().__init__(f"no flow run with id {flow_run_id!r}")
+
+
+class BackendUnavailableError(SchedulingError):
+    """The backend cannot be reached or does not answer properly.
+
+    Attributes:
+        backend: Which backend (for example the server's API URL).
+        reason: What went wrong, as the backend or the network said it.
+    """
+
+    def __init__(
+        self, backend: Optional[str] = None, reason: Optional[str] = None
+    ) -> None:
+        self.backend = backend
+        self.reason = reason
+        where = f" at {backend}" if backend else ""
+        why = f": {reason}" if reason else ""
+        super().__init__(f"scheduling backend{where} is unavailable{why}")
+
+
+__all__ = [
+    "BackendUnavailableError",
+    "EmptyResultError",
+    "FlowFailedError",
+    "FlowNotFoundError",
+    "FlowRunCancelledError",
+    "FlowRunNotFoundError",
+    "FlowRunTimeoutError",
+    "LocalBackendError",
+    "SchedulingError",
+    "TaskNotCompletedError",
+    "TaskNotInFlowError",
+]
