@@ -1,0 +1,1 @@
+"""The local backend: Prefect 1 flows run on this machine."""

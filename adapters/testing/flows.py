@@ -1,0 +1,138 @@
+"""Small Prefect 1 flows with known results, defined at module level so every
+backend can run them: passed as objects, sent to worker processes, or loaded by
+an agent from Module storage (``lume_scheduling.adapters.testing.flows``).
+
+Task names are chosen to exercise the selection rule: ``add`` must never pick
+``add_more`` (the original matched substrings of slugs).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, List, Optional
+
+from prefect import Flow, Parameter, task
+from prefect.storage import Module
+
+MODULE = __name__
+
+
+@task(name="add")
+def add(x: float, y: float) -> float:
+    """x + y."""
+    return x + y
+
+
+@task(name="add_more")
+def add_more(total: float, extra: float = 10) -> float:
+    """total + extra."""
+    return total + extra
+
+
+@task(name="multiply")
+def multiply(x: float, y: float) -> float:
+    """x * y."""
+    return x * y
+
+
+@task(name="double")
+def double(x: float) -> float:
+    """2 * x."""
+    return 2 * x
+
+
+@task(name="explode")
+def explode(message: str) -> None:
+    """Always fails with ValueError(message)."""
+    raise ValueError(message)
+
+
+@task(name="nothing")
+def nothing() -> None:
+    """Returns no value."""
+    return None
+
+
+@task(name="hang")
+def hang(seconds: float) -> str:
+    """Sleeps ``seconds`` in short steps, then returns "woke"."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+    return "woke"
+
+
+@task(name="read_env")
+def read_env(name: str) -> Optional[str]:
+    """The value of environment variable ``name`` inside the run."""
+    return os.environ.get(name)
+
+
+@task(name="working_dir")
+def working_dir() -> str:
+    """The directory the task runs in."""
+    return os.getcwd()
+
+
+@task(name="square")
+def square(x: float) -> float:
+    """x * x."""
+    return x * x
+
+
+def _flow(name: str) -> Flow:
+    return Flow(name, storage=Module(MODULE))
+
+
+# arithmetic: x=1, y=2 -> add=3, add_more=13, multiply=2
+with _flow("arithmetic") as arithmetic_flow:
+    _x = Parameter("x", default=1)
+    _y = Parameter("y", default=2)
+    _sum = add(_x, _y)
+    add_more(_sum)
+    multiply(_x, _y)
+
+# two tasks named "double" (slugs double-1, double-2): x=3 -> 6 and 12
+with _flow("twin") as twin_flow:
+    _first = double(Parameter("x", default=3))
+    double(_first)
+
+# fails in task "explode" with ValueError("kaboom")
+with _flow("failing") as failing_flow:
+    explode(Parameter("message", default="kaboom"))
+
+# task "nothing" finishes without a value
+with _flow("empty") as empty_flow:
+    nothing()
+
+# task "hang" sleeps `seconds` (default 60) before returning "woke"
+with _flow("hanging") as hanging_flow:
+    hang(Parameter("seconds", default=60.0))
+
+# what a run sees: read_env(name) and working_dir()
+with _flow("environment") as environment_flow:
+    read_env(Parameter("name", default="LUME_SCHEDULING_EXAMPLE"))
+    working_dir()
+
+# square mapped over `values` (default [1, 2, 3]) -> [1, 4, 9]
+with _flow("mapped") as mapped_flow:
+    square.map(Parameter("values", default=[1, 2, 3]))
+
+EXAMPLE_FLOWS: List[Flow] = [
+    arithmetic_flow,
+    twin_flow,
+    failing_flow,
+    empty_flow,
+    hanging_flow,
+    environment_flow,
+    mapped_flow,
+]
+
+
+def flow_by_name(name: str) -> Any:
+    """The example flow called ``name`` (for agents loading Module storage)."""
+    for flow in EXAMPLE_FLOWS:
+        if flow.name == name:
+            return flow
+    raise KeyError(name)
