@@ -125,6 +125,18 @@ class TestRunConfigRules:
         (request,) = local_backend.submitted
         assert request.run_config is chosen
 
+    def test_the_warning_names_the_callers_line(self, local_backend: InMemoryBackend) -> None:
+        # Neither the service nor the fake's own layer is named: the caller is.
+        service = SchedulingService(local_backend)
+        for call in (
+            lambda: service.run({}, RunConfig(), flow=flows.empty_flow, labels=["x"]),
+            lambda: local_backend.run({}, RunConfig(), flow=flows.empty_flow, labels=["x"]),
+            lambda: local_backend.submit({}, RunConfig(), flow=flows.empty_flow, labels=["x"]),
+        ):
+            with pytest.warns(UserWarning) as record:
+                call()
+            assert [warning.filename for warning in record] == [__file__]
+
     def test_keyword_arguments_alone_do_not_warn(self, local_backend: InMemoryBackend, recwarn: pytest.WarningsRecorder) -> None:
         SchedulingService(local_backend).run({}, flow=flows.arithmetic_flow, labels=["a"])
         assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
