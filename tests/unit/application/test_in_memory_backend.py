@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import pydantic
 import pytest
-from prefect import Flow, Parameter, task
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prefect import Flow, task
 
 from lume_scheduling.adapters.in_memory import Call, InMemoryBackend
 from lume_scheduling.adapters.testing import flows
@@ -371,3 +373,25 @@ class TestPerInstanceState:
         two.script_hang("arithmetic")
         one.script_unavailable(False)
         assert one.run_and_return({}, task_name="add", flow=flows.arithmetic_flow) == 3
+
+
+class TestRegistryProperties:
+    @settings(max_examples=60, deadline=None)
+    @given(keys=st.lists(st.one_of(st.none(), st.sampled_from(["a", "b", "c"])), min_size=1, max_size=12))
+    def test_a_registration_makes_a_version_unless_its_key_repeats_the_last(
+        self, keys: List[Optional[str]]
+    ) -> None:
+        backend = InMemoryBackend()  # fresh per example
+        backend.create_project("lume")
+        ids = [backend.register_flow(flows.twin_flow, "lume", idempotency_key=key) for key in keys]
+        expected_versions = 0
+        for position, key in enumerate(keys):
+            repeats = position > 0 and key is not None and key == keys[position - 1]
+            if repeats:
+                assert ids[position] == ids[position - 1]
+            else:
+                expected_versions += 1
+                assert ids[position] not in ids[:position]
+        versions = backend.flow_versions("twin", "lume")
+        assert [version.version for version in versions] == list(range(1, expected_versions + 1))
+        assert backend.load_flow("twin", "lume")["flow_id"] == ids[-1] == versions[-1].flow_id
