@@ -72,11 +72,20 @@ Kwargs = Dict[str, Any]
 BINARY_SUFFIXES = ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
 DECIMAL_SUFFIXES = ("m", "", "k", "M", "G", "T", "P", "E")
 _DIGITS = "0123456789"
+_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _LOWER_ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
-_ALNUM = _LOWER_ALNUM + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_ALNUM = _LOWER_ALNUM + _UPPER
 # A path that can exist neither as a directory nor as a file: its parent is this
 # module's own source file.
 _IMPOSSIBLE_PATH = os.path.join(os.path.abspath(__file__), "no-such-entry")
+
+
+def _words(first: str, rest: str, max_size: int) -> SearchStrategy[str]:
+    """Words of one character of ``first`` then up to ``max_size - 1`` of ``rest``
+    (much cheaper to draw than the equivalent ``st.from_regex``)."""
+    return st.builds(
+        lambda head, tail: head + tail, st.sampled_from(first), st.text(rest, max_size=max_size - 1)
+    )
 
 
 # --- labels and env -----------------------------------------------------------
@@ -104,7 +113,7 @@ def labels() -> SearchStrategy[List[str]]:
 def env_names() -> SearchStrategy[str]:
     """A valid environment variable name: non-empty, no ``=``, no NUL."""
     return st.one_of(
-        st.from_regex(r"[A-Z_][A-Z0-9_]{0,15}", fullmatch=True),
+        _words(_UPPER + "_", _UPPER + _DIGITS + "_", 16),
         st.text(
             st.characters(blacklist_categories=("Cs",), blacklist_characters="=\x00"),
             min_size=1,
@@ -148,22 +157,31 @@ def working_dirs() -> SearchStrategy[Optional[str]]:
 
 
 def _registries() -> SearchStrategy[str]:
-    label = st.from_regex(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,6}[a-zA-Z0-9])?", fullmatch=True)
+    # A DNS label: alphanumerics, with dashes inside only.
+    label = st.builds(
+        lambda head, dashes, tail: f"{head}{dashes}{tail}" if tail else head,
+        st.text(_ALNUM, min_size=1, max_size=4),
+        st.sampled_from(["", "-", "--"]),
+        st.text(_ALNUM, max_size=4),
+    )
     dotted = st.lists(label, min_size=2, max_size=3).map(".".join)
     host = st.one_of(st.just("localhost"), dotted)
     port = st.integers(1, 65535).map(lambda number: f":{number}")
     return st.tuples(host, st.one_of(st.just(""), port)).map("".join)
 
 
-def _path_components(*, allow_dot: bool = True) -> SearchStrategy[str]:
-    separator = r"(?:[._]|__|-{1,2})" if allow_dot else r"(?:_|__|-{1,2})"
-    return st.from_regex(
-        rf"[a-z0-9]{{1,8}}(?:{separator}[a-z0-9]{{1,8}}){{0,2}}", fullmatch=True
-    )
+@st.composite
+def _path_components(draw: st.DrawFn, *, allow_dot: bool = True) -> str:
+    separators = [".", "_", "__", "-", "--"] if allow_dot else ["_", "__", "-", "--"]
+    pieces = draw(st.lists(st.text(_LOWER_ALNUM, min_size=1, max_size=8), min_size=1, max_size=3))
+    component = pieces[0]
+    for piece in pieces[1:]:
+        component += draw(st.sampled_from(separators)) + piece
+    return component
 
 
 def _tags() -> SearchStrategy[str]:
-    return st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,30}", fullmatch=True)
+    return _words(_ALNUM + "_", _ALNUM + "_.-", 31)
 
 
 def _digests() -> SearchStrategy[str]:
@@ -267,7 +285,7 @@ def host_configs() -> SearchStrategy[Optional[Dict[str, Any]]]:
         "read_only": st.booleans(),
         "network_mode": st.sampled_from(["bridge", "host", "none"]),
         "extra_hosts": st.dictionaries(
-            st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True),
+            _words(_LOWER_ALNUM[:26], _LOWER_ALNUM + "-", 11),
             st.sampled_from(["10.0.0.1", "192.168.1.2", "host-gateway"]),
             max_size=2,
         ),
@@ -346,7 +364,7 @@ def job_templates() -> SearchStrategy[Optional[Dict[str, Any]]]:
 
 
 def _job_template_mappings() -> SearchStrategy[Dict[str, Any]]:
-    names = st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True)
+    names = _words(_LOWER_ALNUM[:26], _LOWER_ALNUM + "-", 11)
     return st.builds(
         lambda name, labels_, parallelism: {
             "apiVersion": "batch/v1",
@@ -383,7 +401,7 @@ def job_template_paths(
 
 
 def _remote_template_paths() -> SearchStrategy[str]:
-    key = st.from_regex(r"[a-z0-9][a-z0-9-]{0,10}(?:/[a-z0-9.-]{1,10}){0,2}", fullmatch=True)
+    key = st.lists(_words(_LOWER_ALNUM, _LOWER_ALNUM + ".-", 11), min_size=1, max_size=3).map("/".join)
     return st.tuples(st.sampled_from(["s3", "gcs", "agent"]), key).map(
         lambda parts: f"{parts[0]}://{parts[1]}"
     )
@@ -446,7 +464,7 @@ def kubernetes_run_config_kwargs(
             (see `job_template_paths`).
     """
     secrets = st.none() | st.lists(
-        st.from_regex(r"[a-z0-9][a-z0-9.-]{0,15}", fullmatch=True), max_size=2
+        _words(_LOWER_ALNUM, _LOWER_ALNUM + ".-", 16), max_size=2
     )
     kwargs = draw(
         st.fixed_dictionaries(
@@ -455,7 +473,7 @@ def kubernetes_run_config_kwargs(
                 **_common_kwargs(),
                 "image": st.none() | image_references(),
                 "image_pull_secrets": secrets,
-                "service_account_name": st.none() | st.from_regex(r"[a-z][a-z0-9-]{0,15}", fullmatch=True),
+                "service_account_name": st.none() | _words(_LOWER_ALNUM[:26], _LOWER_ALNUM + "-", 16),
                 "image_pull_policy": image_pull_policies(),
                 "cpu_limit": st.none() | quantities(),
                 "cpu_request": st.none() | quantities(),

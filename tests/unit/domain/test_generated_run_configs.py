@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -38,11 +39,13 @@ class TestValidConfigsAreAccepted:
     def test_any_kind_round_trips_through_json(self, config: RunConfig) -> None:
         assert_round_trips(config)
 
-    @given(kwargs=rs.local_run_config_kwargs())
+    @given(kwargs=rs.local_run_config_kwargs(st.none() | st.sampled_from(["/", ".", "/tmp"]) | rs.working_dirs()))
     def test_local(self, kwargs: Dict[str, Any]) -> None:
         config = LocalRunConfig(**kwargs)
         assert config.labels == kwargs.get("labels", ["lume-services"])
         assert config.env == kwargs.get("env")
+        if kwargs.get("working_dir") is not None:
+            assert config.working_dir == os.path.abspath(kwargs["working_dir"])
         assert_round_trips(config)
 
     @given(kwargs=rs.docker_run_config_kwargs())
@@ -52,23 +55,16 @@ class TestValidConfigsAreAccepted:
             assert getattr(config, field) == value, field
         assert_round_trips(config)
 
-    @given(kwargs=rs.kubernetes_run_config_kwargs())
-    def test_kubernetes_keeps_every_field_as_given(self, kwargs: Dict[str, Any]) -> None:
+    @given(data=st.data())
+    def test_kubernetes_keeps_every_field_as_given(self, job_template_file: Path, data: st.DataObject) -> None:
+        # job_template_file is module-scoped and never changed: safe under @given.
+        kwargs = data.draw(rs.kubernetes_run_config_kwargs(st.just(str(job_template_file))), label="kwargs")
         config = KubernetesRunConfig(**kwargs)
         for field, value in kwargs.items():
             assert getattr(config, field) == value, field
             assert type(getattr(config, field)) is type(value), field
         assert_round_trips(config)
 
-    @given(data=st.data())
-    def test_kubernetes_with_a_local_template_file(self, job_template_file: Path, data: st.DataObject) -> None:
-        config = data.draw(rs.kubernetes_run_configs(st.just(str(job_template_file))))
-        assert_round_trips(config)
-
-    @given(config=rs.local_run_configs(st.none() | st.sampled_from(["/", "."])))
-    def test_local_with_own_directories(self, config: LocalRunConfig) -> None:
-        assert config.working_dir in (None, "/") or config.working_dir.startswith("/")
-        assert_round_trips(config)
 
 
 class TestOneBrokenRuleIsReported:
