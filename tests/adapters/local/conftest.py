@@ -70,6 +70,12 @@ def start_child(pid_file: str) -> None:
     time.sleep(60)
 
 
+@task(name="increment")
+def increment(x: int) -> int:
+    """x + 1."""
+    return x + 1
+
+
 @task(name="unpicklable_value")
 def unpicklable_value() -> object:
     """Returns a lock, which cannot be pickled."""
@@ -91,6 +97,9 @@ with Flow("crash-segfault") as crash_segfault_flow:
 
 with Flow("pid") as pid_flow:
     pid()
+
+with Flow("increment") as increment_flow:
+    increment(Parameter("x"))
 
 with Flow("sleepy") as sleepy_flow:
     sleep_then_echo(Parameter("seconds", default=0.0), Parameter("value", default=0))
@@ -115,6 +124,7 @@ def local_flows() -> SimpleNamespace:
         crash_exit=crash_exit_flow,
         crash_segfault=crash_segfault_flow,
         pid=pid_flow,
+        increment=increment_flow,
         sleepy=sleepy_flow,
         logging=logging_flow,
         child_process=child_process_flow,
