@@ -76,6 +76,19 @@ def median_seconds(call: Callable[[], object], repeat: int) -> float:
     return statistics.median(samples)
 
 
+def interleaved_medians(calls: List[Callable[[], object]], repeat: int) -> List[float]:
+    """Median seconds of each call, sampling them in turn."""
+    for call in calls:
+        call()  # warm-up (imports, worker start, flow pickling)
+    samples: List[List[float]] = [[] for _ in calls]
+    for _ in range(repeat):
+        for call, times in zip(calls, samples):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+    return [statistics.median(times) for times in samples]
+
+
 def raw_run(flow: Flow) -> object:
     state = flow.run(parameters={"x": 1}, run_on_schedule=False)
     assert state.is_successful(), state
@@ -120,6 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--concurrent", type=int, default=200)
+    parser.add_argument("--trials", type=int, default=2)
     args = parser.parse_args()
     # Prefect's stdout handler would dominate and clutter the output: raw runs
     # log nowhere, like the backend's default (records below WARNING are not sent).
@@ -135,27 +149,38 @@ def main() -> None:
     with LocalBackend(isolated=False) as in_process, LocalBackend() as isolated:
         print(f"\n{'flow':<18}{'raw ms':>9}{'in-proc ms':>12}{'ratio':>7}{'isolated ms':>13}{'ratio':>7}")
         for label, flow in flows.items():
-            raw = median_seconds(lambda: raw_run(flow), args.repeat)
-            inp = median_seconds(lambda: in_process.run_and_return({"x": 1}, flow=flow), args.repeat)
-            iso = median_seconds(lambda: isolated.run_and_return({"x": 1}, flow=flow), args.repeat)
+            # Samples are interleaved so that a busy machine slows all three alike.
+            raw, inp, iso = interleaved_medians(
+                [
+                    lambda: raw_run(flow),
+                    lambda: in_process.run_and_return({"x": 1}, flow=flow),
+                    lambda: isolated.run_and_return({"x": 1}, flow=flow),
+                ],
+                args.repeat,
+            )
             print(f"{label:<18}{raw*1e3:>9.2f}{inp*1e3:>12.2f}{inp/raw:>7.3f}{iso*1e3:>13.2f}{iso/raw:>7.3f}")
 
     flow = flows["1 task"]
     count = args.concurrent
-    start = time.perf_counter()
-    for _ in range(count):
-        raw_run(flow)
-    serial = time.perf_counter() - start
+    serial_times, concurrent_times = [], []
     with LocalBackend() as backend:
-        backend.run_and_return({"x": 1}, flow=flow)  # the first worker is up
-        start = time.perf_counter()
-        ids = [backend.submit({"x": index}, flow=flow) for index in range(count)]
-        values = [backend.result(flow_run_id, "increment") for flow_run_id in ids]
-        concurrent = time.perf_counter() - start
-        assert values == [index + 1 for index in range(count)], "wrong results"
         workers = backend.max_workers
+        for _ in range(workers):  # every worker up and holding the flow
+            ids = [backend.submit({"x": 1}, flow=flow) for _ in range(workers * 2)]
+            [backend.result(flow_run_id) for flow_run_id in ids]
+        for _ in range(args.trials):
+            start = time.perf_counter()
+            for _ in range(count):
+                raw_run(flow)
+            serial_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            ids = [backend.submit({"x": index}, flow=flow) for index in range(count)]
+            values = [backend.result(flow_run_id, "increment") for flow_run_id in ids]
+            concurrent_times.append(time.perf_counter() - start)
+            assert values == [index + 1 for index in range(count)], "wrong results"
+    serial, concurrent = min(serial_times), min(concurrent_times)
     print(
-        f"\n{count} runs of the 1-task flow: serial raw {serial:.2f} s "
+        f"\n{count} runs of the 1-task flow (best of {args.trials}): serial raw {serial:.2f} s "
         f"({count/serial:.1f} runs/s); submitted at once to LocalBackend() with "
         f"{workers} workers {concurrent:.2f} s ({count/concurrent:.1f} runs/s); "
         f"throughput ratio {serial/concurrent:.2f}"

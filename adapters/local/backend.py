@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import weakref
+from multiprocessing import util as multiprocessing_util
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 from lume_scheduling.adapters.prefect_flows import is_prefect_flow
@@ -130,8 +130,13 @@ class LocalBackend(Backend):
         else:
             self._runtime = ThreadRuntime(self._runs, max_workers)
         # Stops workers and threads when the backend is garbage collected or the
-        # interpreter exits, without a global registry of ours.
-        self._finalizer = weakref.finalize(self, _shutdown, self._runtime)
+        # interpreter exits, without a registry of ours. multiprocessing's own
+        # finalizers (what multiprocessing.Pool uses) run at exit *before* it joins
+        # child processes, which a plain weakref.finalize does not guarantee: idle
+        # non-daemon workers would then keep the interpreter from exiting.
+        self._finalizer = multiprocessing_util.Finalize(
+            self, _shutdown, args=(self._runtime,), exitpriority=10
+        )
 
     def __repr__(self) -> str:
         mode = f"isolated, {self._start_method}" if self._isolated else "in-process"

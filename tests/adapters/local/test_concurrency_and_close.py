@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -95,3 +99,51 @@ class TestClose:
         with LocalBackend() as backend:
             assert backend._stats()["workers_started"] == 0
             assert set(threading.enumerate()) == threads_before
+
+
+class TestInterpreterExit:
+    def test_exit_without_close_stops_every_worker(self, tmp_path) -> None:
+        script = tmp_path / "forgets_to_close.py"
+        script.write_text(textwrap.dedent(
+            """
+            import weakref
+
+            # A finalizer registered before multiprocessing is imported runs after
+            # multiprocessing's exit hook, which joins child processes.
+            class Anchor:
+                pass
+
+            anchor = Anchor()
+            weakref.finalize(anchor, lambda: None)
+
+            import os
+            from prefect import Flow, task
+            from lume_scheduling.adapters.local import LocalBackend
+            from lume_scheduling.adapters.testing import flows
+
+            @task(name="pid")
+            def pid():
+                return os.getpid()
+
+            with Flow("pid") as pid_flow:
+                pid()
+
+            if __name__ == "__main__":
+                backend = LocalBackend(max_workers=2)
+                print(backend.run_and_return({}, None, "pid", flow=pid_flow), flush=True)
+                backend.submit({"seconds": 60}, flow=flows.hanging_flow)
+                backend.run_and_return({"x": 1}, flow=flows.arithmetic_flow)
+            """
+        ))
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        worker_pid = int(done.stdout.split()[0])
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                os.kill(worker_pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"worker {worker_pid} outlived its interpreter")
