@@ -379,7 +379,14 @@ class ProcessRuntime:
         worker.conn.close()
         worker.process.close()
         if run is not None:
-            self.runs.end(run, FlowRunState.CRASHED, _death_message(exitcode))
+            message = _death_message(exitcode)
+            if not worker.ready:
+                message += (
+                    " while starting: worker processes import the main module, so a script "
+                    "that uses LocalBackend must guard it with `if __name__ == \"__main__\":` "
+                    "(see the worker's error output)"
+                )
+            self.runs.end(run, FlowRunState.CRASHED, message)
 
     def _shutdown_workers(self) -> None:
         with self.runs.lock:
