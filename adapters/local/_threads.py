@@ -37,6 +37,8 @@ from lume_scheduling.domain import (
 from ._runs import LocalRun, RunTable
 
 _CLOSE_JOIN_SECONDS = 5.0
+# Runner threads wait this long for more work before ending.
+_IDLE_SECONDS = 30.0
 
 
 class FlowRunStopped(BaseException):
@@ -112,13 +114,20 @@ def _raise_in_thread(thread_id: int) -> None:
 
 
 class ThreadRuntime:
-    """Runs flow runs in runner threads of this process; see the module docstring."""
+    """Runs flow runs in runner threads of this process; see the module docstring.
 
-    def __init__(self, runs: RunTable, max_workers: int) -> None:
+    Runner threads are kept for a while after their last run (Prefect builds a
+    context per thread, which costs about a millisecond) and stopped by `close`.
+    """
+
+    def __init__(self, runs: RunTable, max_workers: int, idle_seconds: float = _IDLE_SECONDS) -> None:
         self.runs = runs
         self.max_workers = max_workers
+        self.idle_seconds = idle_seconds
+        self._work = threading.Condition(runs.lock)
         self._pending: Deque[LocalRun] = deque()
-        self._active = 0
+        self._live = 0  # runner threads that take work (not retired by cancel)
+        self._idle = 0  # of those, waiting for work
         self._threads: Set[threading.Thread] = set()
         self._closing = False
         self._environment = _SharedExclusiveLock()
@@ -134,15 +143,15 @@ class ThreadRuntime:
         Raises:
             BackendUnavailableError: The backend was closed.
         """
-        with self.runs.lock:
+        with self._work:
             if self._closing:
                 raise BackendUnavailableError("local backend", "it was closed")
             self._pending.append(run)
-            self._add_runner_locked()
+            self._wake_or_add_runner_locked()
 
     def cancel(self, run: LocalRun, message: str) -> bool:
         """End a run as CANCELLED; a running one gets `FlowRunStopped` in its thread."""
-        with self.runs.lock:
+        with self._work:
             if run.state.is_final:
                 return False
             slot = run.worker
@@ -154,19 +163,20 @@ class ThreadRuntime:
             if isinstance(slot, _Slot) and not slot.retired:
                 # Its thread may stay busy until the flow stops: let another take work.
                 slot.retired = True
-                self._active -= 1
+                self._live -= 1
                 if slot.stoppable:
                     _raise_in_thread(slot.thread_id)
                 if self._pending:
-                    self._add_runner_locked()
+                    self._wake_or_add_runner_locked()
         return True
 
     def close(self) -> None:
         """Cancel what has not ended and wait (a bounded time) for runner threads."""
-        with self.runs.lock:
+        with self._work:
             self._closing = True
             for run in self.runs.unfinished():
                 self.cancel(run, "the backend was closed before the run ended")
+            self._work.notify_all()
             threads = list(self._threads)
         for thread in threads:
             if thread is not threading.current_thread():
@@ -178,10 +188,13 @@ class ThreadRuntime:
 
     # ---------------------------------------------------------------- runners
 
-    def _add_runner_locked(self) -> None:
-        if self._active >= self.max_workers or not self._pending:
+    def _wake_or_add_runner_locked(self) -> None:
+        if self._idle > 0:
+            self._work.notify()
             return
-        self._active += 1
+        if self._live >= self.max_workers:
+            return
+        self._live += 1
         self._counter += 1
         thread = threading.Thread(
             target=self._runner, name=f"lume-local-run-{self._counter}", daemon=True
@@ -189,15 +202,30 @@ class ThreadRuntime:
         self._threads.add(thread)
         thread.start()
 
+    def _next_run_locked(self) -> Optional[LocalRun]:
+        """The next queued run, waiting up to ``idle_seconds`` for one; None
+        means this runner should end (it has been counted out of ``_live``)."""
+        while not self._pending and not self._closing:
+            self._idle += 1
+            try:
+                woken = self._work.wait(self.idle_seconds)
+            finally:
+                self._idle -= 1
+            if not woken and not self._pending:
+                break
+        if self._closing or not self._pending:
+            self._live -= 1
+            return None
+        return self._pending.popleft()
+
     def _runner(self) -> None:
         me = threading.current_thread()
         try:
             while True:
-                with self.runs.lock:
-                    if self._closing or not self._pending:
-                        self._active -= 1
+                with self._work:
+                    run = self._next_run_locked()
+                    if run is None:
                         return
-                    run = self._pending.popleft()
                     slot = _Slot(threading.get_ident())
                     job: ThreadJob = run.job
                     run.state = FlowRunState.RUNNING
@@ -207,7 +235,7 @@ class ThreadRuntime:
                 if slot.retired:
                     return  # cancel already gave our place to another thread
         finally:
-            with self.runs.lock:
+            with self._work:
                 self._threads.discard(me)
 
     def _execute(self, run: LocalRun, slot: _Slot, job: ThreadJob) -> None:
