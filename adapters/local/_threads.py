@@ -238,12 +238,25 @@ class ThreadRuntime:
             with self._work:
                 self._threads.discard(me)
 
+    @contextmanager
+    def _hold_environment(self, job: ThreadJob) -> Iterator[None]:
+        """Exclusive hold for a run that sets env or changes directory, else shared.
+
+        The directory is checked again once the shared hold is taken: an
+        exclusive run may have been elsewhere when it was first looked at.
+        """
+        if not job.env:
+            with self._environment.shared():
+                if os.getcwd() == job.working_dir:
+                    yield
+                    return
+        with self._environment.exclusive():
+            yield
+
     def _execute(self, run: LocalRun, slot: _Slot, job: ThreadJob) -> None:
-        changes = bool(job.env) or job.working_dir != os.getcwd()
-        hold = self._environment.exclusive() if changes else self._environment.shared()
         record: Optional[FlowRunResult] = None
         try:
-            with hold:
+            with self._hold_environment(job):
                 saved_env = {name: os.environ.get(name) for name in job.env}
                 saved_cwd = os.getcwd()
                 try:
