@@ -95,15 +95,19 @@ class TestCancel:
 
 
 class TestTimeout:
-    def test_run_and_return_time_out_kills_the_hung_run(self, isolated: LocalBackend) -> None:
-        started = time.monotonic()
-        with pytest.raises(FlowRunTimeoutError) as caught:
-            isolated.run_and_return({"seconds": 60}, flow=flows.hanging_flow, timeout=0.5)
-        assert time.monotonic() - started < 10
-        assert caught.value.cancelled is True
-        assert isinstance(caught.value, RuntimeError)
-        assert isolated.get_state(caught.value.flow_run_id) is FlowRunState.CANCELLED
-        assert isolated.run_and_return({"x": 2}, None, "add", flow=flows.arithmetic_flow) == 4
+    def test_run_and_return_time_out_kills_the_hung_run(self, local_flows) -> None:
+        with LocalBackend(max_workers=1) as backend:
+            worker_pid = backend.run_and_return({}, None, "pid", flow=local_flows.pid)
+            started = time.monotonic()
+            with pytest.raises(FlowRunTimeoutError) as caught:
+                backend.run_and_return({"seconds": 60}, flow=flows.hanging_flow, timeout=0.5)
+            assert time.monotonic() - started < 10
+            assert caught.value.cancelled is True
+            assert isinstance(caught.value, RuntimeError)
+            assert backend.get_state(caught.value.flow_run_id) is FlowRunState.CANCELLED
+            assert _pid_gone(worker_pid), "the hung worker outlived the time-out"
+            assert backend.run_and_return({}, None, "pid", flow=local_flows.pid) != worker_pid
+            assert backend.run_and_return({"x": 2}, None, "add", flow=flows.arithmetic_flow) == 4
 
     def test_without_cancel_on_timeout_the_run_goes_on(self, backend: LocalBackend) -> None:
         with pytest.raises(FlowRunTimeoutError) as caught:
