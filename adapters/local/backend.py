@@ -27,7 +27,6 @@ from lume_scheduling.domain import (
     FlowRunResult,
     FlowRunState,
     LocalRunConfig,
-    RunConfig,
 )
 
 from ._processes import START_METHODS, ProcessRuntime
@@ -35,9 +34,6 @@ from ._runs import RunTable
 from ._threads import ThreadRuntime
 
 LOGGER_NAME = "lume_scheduling.local"
-
-_NO_DATA = object()
-
 
 def _default_start_method() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
@@ -49,9 +45,9 @@ def _shutdown(runtime: Union[ProcessRuntime, ThreadRuntime]) -> None:
 
 def _parameters(data: Any, parameters: Any) -> Optional[Mapping[str, Any]]:
     """The flow parameters, given as the seed's ``data`` or as ``parameters``."""
-    if data is not _NO_DATA and parameters is not None:
+    if data is not None and parameters is not None:
         raise TypeError("give the flow parameters once: as data or as parameters=, not both")
-    if data is _NO_DATA:
+    if data is None:
         return check_parameters(parameters, "parameters")
     return check_parameters(data, "data")
 
@@ -179,7 +175,7 @@ class LocalBackend(Backend):
 
     def run(  # type: ignore[override]
         self,
-        data: Optional[Mapping[str, Any]] = _NO_DATA,  # type: ignore[assignment]
+        data: Optional[Mapping[str, Any]] = None,
         run_config: Union[LocalRunConfig, Mapping[str, Any], None] = None,
         *,
         flow: Any = None,
@@ -211,7 +207,7 @@ class LocalBackend(Backend):
 
     def run_and_return(  # type: ignore[override]
         self,
-        data: Optional[Mapping[str, Any]] = _NO_DATA,  # type: ignore[assignment]
+        data: Optional[Mapping[str, Any]] = None,
         run_config: Union[LocalRunConfig, Mapping[str, Any], None] = None,
         task_name: Optional[str] = None,
         *,
@@ -253,7 +249,7 @@ class LocalBackend(Backend):
 
     def submit(  # type: ignore[override]
         self,
-        data: Optional[Mapping[str, Any]] = _NO_DATA,  # type: ignore[assignment]
+        data: Optional[Mapping[str, Any]] = None,
         run_config: Union[LocalRunConfig, Mapping[str, Any], None] = None,
         *,
         flow: Any = None,
