@@ -193,6 +193,17 @@ def _unknown_id() -> str:
     return str(uuid.uuid4())
 
 
+def _assert_still_going(backend: Backend, flow_run_id: str) -> None:
+    state = backend.get_state(flow_run_id)
+    assert not state.is_final, f"the hanging flow's run {flow_run_id} has ended: {state}"
+
+
+def _assert_cancels(backend: Backend, flow_run_id: str) -> None:
+    stopped = backend.cancel(flow_run_id)
+    state = backend.get_state(flow_run_id)
+    assert stopped is True, f"cancel({flow_run_id!r}) returned {stopped!r}; its state is {state}"
+
+
 def _settle(backend: Backend, flow_run_id: str) -> FlowRunState:
     """Wait (boundedly) for a run to end and return its final state."""
     return backend.wait(flow_run_id, timeout=SETTLE_SECONDS)
@@ -522,7 +533,7 @@ class TimeoutAndCancelContract(BackendFixtures):
     def _end(self, backend: Backend, flow_run_id: str) -> FlowRunState:
         """Stop a hanging run (or, without ``cancel``, let it end) and return its state."""
         if backend.capabilities.cancel:
-            assert backend.cancel(flow_run_id) is True
+            _assert_cancels(backend, flow_run_id)
         return _settle(backend, flow_run_id)
 
     def test_run_and_return_time_out_cancels_the_run(
@@ -564,7 +575,7 @@ class TimeoutAndCancelContract(BackendFixtures):
             )
         flow_run_id = raised.value.flow_run_id
         assert raised.value.cancelled is False
-        assert not backend.get_state(flow_run_id).is_final
+        _assert_still_going(backend, flow_run_id)
         self._end(backend, flow_run_id)
 
     def test_wait_time_out_raises_and_does_not_cancel(
@@ -580,7 +591,7 @@ class TimeoutAndCancelContract(BackendFixtures):
         assert time.monotonic() - started < PROMPT_SECONDS
         assert raised.value.flow_run_id == flow_run_id
         assert raised.value.cancelled is False
-        assert not backend.get_state(flow_run_id).is_final
+        _assert_still_going(backend, flow_run_id)
         with pytest.raises(FlowRunTimeoutError):
             backend.get_result(flow_run_id, timeout=SHORT_TIMEOUT)
         self._end(backend, flow_run_id)
@@ -592,8 +603,8 @@ class TimeoutAndCancelContract(BackendFixtures):
             self._no_cancel_capability(backend, target)
             return
         flow_run_id = backend.submit({}, **target(hanging_flow))
-        assert not backend.get_state(flow_run_id).is_final
-        assert backend.cancel(flow_run_id) is True
+        _assert_still_going(backend, flow_run_id)
+        _assert_cancels(backend, flow_run_id)
         assert _settle(backend, flow_run_id) is FlowRunState.CANCELLED
         assert backend.get_state(flow_run_id) is FlowRunState.CANCELLED
         with pytest.raises(FlowRunCancelledError) as raised:
