@@ -156,7 +156,9 @@ class BackendFixtures:
         return FlowTargets(backend, project_name)
 
     @pytest.fixture
-    def submissions(self, backend: Backend, monkeypatch: pytest.MonkeyPatch) -> List[FlowRunRequest]:
+    def submissions(
+        self, backend: Backend, monkeypatch: pytest.MonkeyPatch
+    ) -> List[FlowRunRequest]:
         """Every request that reached the adapter's ``_submit`` hook during the test.
 
         The hook is wrapped on the instance, so this holds for any adapter whose
@@ -237,7 +239,9 @@ class ProjectAndFlowContract(BackendFixtures):
         assert loaded["flow"].name == "arithmetic"
         assert backend.run_and_return({"x": 5, "y": 7}, task_name="add", flow_id=flow_id) == 12
 
-    def test_registering_again_makes_a_new_version(self, backend: Backend, project_name: str) -> None:
+    def test_registering_again_makes_a_new_version(
+        self, backend: Backend, project_name: str
+    ) -> None:
         if not backend.capabilities.server:
             with pytest.raises(LocalBackendError):
                 backend.register_flow(flows.twin_flow, project_name)
@@ -366,10 +370,14 @@ class ResultSelectionContract(BackendFixtures):
 
     def test_parameters_reach_the_flow(self, backend: Backend, target: FlowTargets) -> None:
         assert (
-            backend.run_and_return({"x": 5, "y": 7}, task_name="add", **target(flows.arithmetic_flow))
+            backend.run_and_return(
+                {"x": 5, "y": 7}, task_name="add", **target(flows.arithmetic_flow)
+            )
             == 12
         )
-        assert backend.run_and_return({"x": 4}, task_name="double-2", **target(flows.twin_flow)) == 16
+        assert (
+            backend.run_and_return({"x": 4}, task_name="double-2", **target(flows.twin_flow)) == 16
+        )
 
     def test_mapped_results_are_addressable(self, backend: Backend, target: FlowTargets) -> None:
         flow_run_id = backend.submit({}, **target(flows.mapped_flow))
@@ -379,10 +387,9 @@ class ResultSelectionContract(BackendFixtures):
         assert backend.result(flow_run_id, "square") == [1, 4, 9]
         with pytest.raises(TaskNotInFlowError):
             record.mapped_value("square-1", 3)
-        assert (
-            backend.run_and_return({"values": [2, 5]}, task_name="square", **target(flows.mapped_flow))
-            == [4, 25]
-        )
+        assert backend.run_and_return(
+            {"values": [2, 5]}, task_name="square", **target(flows.mapped_flow)
+        ) == [4, 25]
 
 
 class RunErrorContract(BackendFixtures):
@@ -515,7 +522,6 @@ class LifecycleContract(BackendFixtures):
             thread.join(SETTLE_SECONDS)
         assert not errors
         assert results == {x: x + 1 for x in range(4)}
-
 
     def test_close_is_idempotent(self, backend: Backend, target: FlowTargets) -> None:
         assert backend.run_and_return({}, task_name="add", **target(flows.arithmetic_flow)) == 3
@@ -740,4 +746,3 @@ class BackendContractSuite(
         declared = {field.name for field in dataclasses.fields(BackendCapabilities)}
         assert set(capabilities.names()) <= declared
         assert isinstance(backend.run_config_type, type)
-

@@ -13,7 +13,7 @@ from pathlib import Path
 CONFTEST = 'pytest_plugins = ["lume_scheduling.adapters.testing.plugin"]\n'
 
 EMBEDDER_TESTS = textwrap.dedent(
-    '''
+    """
     import pytest
 
     from lume_scheduling.adapters.in_memory import InMemoryBackend
@@ -41,7 +41,7 @@ EMBEDDER_TESTS = textwrap.dedent(
         assert project_name == "lume-scheduling-contract"
         assert hanging_flow is flows.hanging_flow
         assert run_config_fields == {}
-    '''
+    """
 )
 
 # The fake cannot run the real 60 s hanging flow unscripted; everything else runs.
@@ -54,8 +54,16 @@ def test_an_embedder_runs_the_suite_with_only_a_backend_fixture(tmp_path: Path) 
     junit = tmp_path / "junit.xml"
     completed = subprocess.run(
         [
-            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-            "--import-mode=importlib", "-k", SELECTION, f"--junitxml={junit}",
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--import-mode=importlib",
+            "-k",
+            SELECTION,
+            f"--junitxml={junit}",
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -71,12 +79,12 @@ def test_an_embedder_runs_the_suite_with_only_a_backend_fixture(tmp_path: Path) 
     )
     cases = ElementTree.parse(junit).getroot().iter("testcase")
     recorded = {
-        case.get("name"): {
-            prop.get("name"): prop.get("value") for prop in case.iter("property")
-        }
+        case.get("name"): {prop.get("name"): prop.get("value") for prop in case.iter("property")}
         for case in cases
     }
-    assert {"test_declares_its_capabilities", "test_one_task_named_returns_its_value"} <= set(recorded)
+    assert {"test_declares_its_capabilities", "test_one_task_named_returns_its_value"} <= set(
+        recorded
+    )
     assert "test_the_plugin_offers_the_suites_fixtures" in recorded
     assert len(recorded) >= 15
     suite_cases = {name: props for name, props in recorded.items() if "plugin" not in name}
