@@ -316,6 +316,7 @@ class RunContract(BackendFixtures):
             assert "kaboom" in (raised.value.exception_message or "")
             return
         flow_run_id = backend.run({}, **target(flows.failing_flow))
+        assert isinstance(flow_run_id, str)
         assert _settle(backend, flow_run_id) is FlowRunState.FAILED
         with pytest.raises(FlowFailedError):
             backend.result(flow_run_id)
@@ -335,7 +336,7 @@ class RunContract(BackendFixtures):
     ) -> None:
         # The local backend names this argument `data`, as the seed does.
         with pytest.raises(TypeError, match="must be a mapping"):
-            backend.run_and_return([("x", 1)], **target(flows.arithmetic_flow))
+            backend.run_and_return([("x", 1)], **target(flows.arithmetic_flow))  # type: ignore[arg-type]
 
 
 class ResultSelectionContract(BackendFixtures):
@@ -463,7 +464,7 @@ class RunErrorContract(BackendFixtures):
         with pytest.raises(ValueError, match="timeout"):
             backend.wait(flow_run_id, timeout=-1)
         with pytest.raises(TypeError, match="timeout"):
-            backend.wait(flow_run_id, timeout="soon")
+            backend.wait(flow_run_id, timeout="soon")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="flow_run_id"):
             backend.get_state("")
         assert _settle(backend, flow_run_id) is FlowRunState.SUCCESS
@@ -558,7 +559,7 @@ class TimeoutAndCancelContract(BackendFixtures):
         error = raised.value
         assert isinstance(error, RuntimeError)
         assert elapsed < PROMPT_SECONDS, f"the time-out took {elapsed:.1f} s to return"
-        assert error.flow_run_id
+        assert isinstance(error.flow_run_id, str) and error.flow_run_id
         assert error.timeout is not None and error.timeout.total_seconds() == SHORT_TIMEOUT
         if cancel:
             assert error.cancelled is True
@@ -580,6 +581,7 @@ class TimeoutAndCancelContract(BackendFixtures):
                 {}, timeout=SHORT_TIMEOUT, cancel_on_timeout=False, **target(hanging_flow)
             )
         flow_run_id = raised.value.flow_run_id
+        assert isinstance(flow_run_id, str) and flow_run_id
         assert raised.value.cancelled is False
         _assert_still_going(backend, flow_run_id)
         self._end(backend, flow_run_id)
