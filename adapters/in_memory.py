@@ -207,6 +207,7 @@ class InMemoryBackend(Backend):
             f"run_config_type={self.run_config_type.__name__}, flows={flows}, flow_runs={runs})"
         )
 
+    @_recorded
     def close(self) -> None:
         """Cancel every run that has not ended (hanging ones), waking waiters.
 
@@ -247,7 +248,9 @@ class InMemoryBackend(Backend):
     def script_hang(self, flow_name: str) -> None:
         """Make runs of ``flow_name`` hang: they stay RUNNING until cancelled.
 
-        ``wait`` blocks up to its time-out; ``cancel`` ends the run CANCELLED.
+        ``wait`` blocks up to its time-out; ``cancel`` (or `close`) ends the run
+        CANCELLED. Like any hanging run, ``run()`` without ``server`` (which waits
+        with no time-out) then blocks until another thread cancels it.
         """
         self._script(flow_name, _Script("hang"))
 
@@ -279,7 +282,8 @@ class InMemoryBackend(Backend):
 
     @property
     def calls(self) -> List[Call]:
-        """Every call callers made, in order (a copy)."""
+        """Every call of a public operation (``close`` included) callers made,
+        in order (a copy)."""
         with self._lock:
             return list(self._calls)
 

@@ -219,6 +219,7 @@ class TestScripting:
         backend.close()
         backend.close()  # idempotent
         assert backend.get_state(flow_run_id) is FlowRunState.CANCELLED
+        assert backend.operations == ["submit", "close", "close", "get_state"]
 
     def test_script_empty_result(self, local_backend: InMemoryBackend) -> None:
         local_backend.script_empty_result("arithmetic")
