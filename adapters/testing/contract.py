@@ -224,6 +224,20 @@ class ProjectAndFlowContract(BackendFixtures):
         backend.create_project(project_name)  # a second time is not an error
         assert backend.register_flow(flows.arithmetic_flow, project_name)
 
+    def test_project_names_are_checked(self, backend: Backend) -> None:
+        unknown = f"no-such-project-{uuid.uuid4()}"
+        if not backend.capabilities.server:
+            with pytest.raises(LocalBackendError):
+                backend.register_flow(flows.arithmetic_flow, unknown)
+            return
+        with pytest.raises(ValueError, match="project_name"):
+            backend.create_project("")
+        with pytest.raises(ValueError, match="project_name"):
+            backend.register_flow(flows.arithmetic_flow, " ")
+        # The port documents ValueError for a project the server does not know.
+        with pytest.raises(ValueError):
+            backend.register_flow(flows.arithmetic_flow, unknown)
+
     def test_register_then_load_round_trip(self, backend: Backend, project_name: str) -> None:
         if not backend.capabilities.server:
             with pytest.raises(LocalBackendError):
@@ -474,7 +488,8 @@ class LifecycleContract(BackendFixtures):
     """submit -> get_state -> wait -> result, on any backend."""
 
     def test_submit_wait_and_result(self, backend: Backend, target: FlowTargets) -> None:
-        flow_run_id = backend.submit({"x": 2, "y": 3}, **target(flows.arithmetic_flow))
+        flow = target(flows.arithmetic_flow)
+        flow_run_id = backend.submit({"x": 2, "y": 3}, **flow)
         assert isinstance(flow_run_id, str) and flow_run_id
         assert isinstance(backend.get_state(flow_run_id), FlowRunState)
         assert backend.wait(flow_run_id, timeout=SETTLE_SECONDS) is FlowRunState.SUCCESS
@@ -486,6 +501,8 @@ class LifecycleContract(BackendFixtures):
         assert record.flow_run_id == flow_run_id
         assert record.state is FlowRunState.SUCCESS
         assert record.values["add_more-1"] == 15
+        assert record.flow_name == "arithmetic"
+        assert record.flow_id == flow.get("flow_id")
 
     def test_wait_with_a_time_out_returns_the_final_state_of_a_finished_run(
         self, backend: Backend, target: FlowTargets
@@ -550,17 +567,17 @@ class TimeoutAndCancelContract(BackendFixtures):
             self._no_timeout_capability(backend, target)
             return
         cancel = backend.capabilities.cancel
+        flow = target(hanging_flow)
         started = time.monotonic()
         with pytest.raises(FlowRunTimeoutError) as raised:
-            backend.run_and_return(
-                {}, timeout=SHORT_TIMEOUT, cancel_on_timeout=cancel, **target(hanging_flow)
-            )
+            backend.run_and_return({}, timeout=SHORT_TIMEOUT, cancel_on_timeout=cancel, **flow)
         elapsed = time.monotonic() - started
         error = raised.value
         assert isinstance(error, RuntimeError)
         assert elapsed < PROMPT_SECONDS, f"the time-out took {elapsed:.1f} s to return"
         assert isinstance(error.flow_run_id, str) and error.flow_run_id
         assert error.timeout is not None and error.timeout.total_seconds() == SHORT_TIMEOUT
+        assert error.flow_id == flow.get("flow_id")
         if cancel:
             assert error.cancelled is True
             assert _settle(backend, error.flow_run_id) is FlowRunState.CANCELLED
