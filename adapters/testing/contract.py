@@ -73,6 +73,7 @@ __all__ = [
     "RunErrorContract",
     "TimeoutAndCancelContract",
     "DEFAULT_PROJECT_NAME",
+    "spy_on_submissions",
 ]
 
 DEFAULT_PROJECT_NAME = "lume-scheduling-contract"
@@ -119,6 +120,26 @@ class FlowTargets:
         return self._flow_ids[flow.name]
 
 
+def spy_on_submissions(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> List[FlowRunRequest]:
+    """Record every request that reaches ``backend._submit`` until ``monkeypatch`` undoes it.
+
+    The hook is wrapped on the instance, so this holds for any adapter whose
+    public methods delegate to the port (as they must).
+
+    Returns:
+        The list the requests are appended to, in order.
+    """
+    seen: List[FlowRunRequest] = []
+    submit = backend._submit
+
+    def spy(request: FlowRunRequest) -> str:
+        seen.append(request)
+        return submit(request)
+
+    monkeypatch.setattr(backend, "_submit", spy)
+    return seen
+
+
 class BackendFixtures:
     """The fixtures the contract tests use. Subclasses must provide ``backend``."""
 
@@ -159,20 +180,8 @@ class BackendFixtures:
     def submissions(
         self, backend: Backend, monkeypatch: pytest.MonkeyPatch
     ) -> List[FlowRunRequest]:
-        """Every request that reached the adapter's ``_submit`` hook during the test.
-
-        The hook is wrapped on the instance, so this holds for any adapter whose
-        public methods delegate to the port (as they must).
-        """
-        seen: List[FlowRunRequest] = []
-        submit = backend._submit
-
-        def spy(request: FlowRunRequest) -> str:
-            seen.append(request)
-            return submit(request)
-
-        monkeypatch.setattr(backend, "_submit", spy)
-        return seen
+        """Every request that reached the adapter's ``_submit`` hook during the test."""
+        return spy_on_submissions(backend, monkeypatch)
 
     @pytest.fixture(autouse=True)
     def _report_capabilities(

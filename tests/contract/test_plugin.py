@@ -35,9 +35,11 @@ EMBEDDER_TESTS = textwrap.dedent(
 
 
     def test_the_plugin_offers_the_suites_fixtures(
-        backend, target, project_name, hanging_flow, run_config_fields
+        backend, target, project_name, hanging_flow, run_config_fields, submissions
     ):
         assert target(flows.arithmetic_flow) == {"flow": flows.arithmetic_flow}
+        assert backend.run_and_return({"x": 2}, task_name="add", **target(flows.arithmetic_flow)) == 4
+        assert [request.parameters for request in submissions] == [{"x": 2}]
         assert project_name == "lume-scheduling-contract"
         assert hanging_flow is flows.hanging_flow
         assert run_config_fields == {}
