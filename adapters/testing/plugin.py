@@ -8,7 +8,9 @@ It provides the suite's fixtures (``project_name``, ``hanging_flow``,
 ``run_config_fields``, ``target``, ``submissions``), so that tests outside a
 `BackendContractSuite` subclass can use them too, and it prints, at the end of
 the session, which capabilities each contract suite ran with (each test also
-records them as the junit property ``backend_capabilities``).
+records them as the junit property ``backend_capabilities``). It also has pytest
+rewrite the suite's asserts, so a failing contract test shows the values it
+compared; for that, the plugin must load before anything imports the suite.
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ from typing import Any, Dict, List
 
 import pytest
 
-from lume_scheduling.adapters.testing import flows
-from lume_scheduling.adapters.testing.contract import (
+# The suite's asserts explain their failures only if pytest rewrites them, which
+# it does for test modules and plugins but not for other installed modules.
+pytest.register_assert_rewrite("lume_scheduling.adapters.testing.contract")
+
+from lume_scheduling.adapters.testing import flows  # noqa: E402
+from lume_scheduling.adapters.testing.contract import (  # noqa: E402
     CAPABILITIES_KEY,
     DEFAULT_PROJECT_NAME,
     FlowTargets,
     spy_on_submissions,
 )
-from lume_scheduling.application import Backend, BackendCapabilities, FlowRunRequest
+from lume_scheduling.application import Backend, BackendCapabilities, FlowRunRequest  # noqa: E402
 
 _REPORTED_KEY: "pytest.StashKey[bool]" = pytest.StashKey()
 _ALL_CAPABILITIES = tuple(sorted(f.name for f in dataclasses.fields(BackendCapabilities)))

@@ -34,6 +34,12 @@ EMBEDDER_TESTS = textwrap.dedent(
             yield backend
 
 
+    def test_the_suites_asserts_are_rewritten():
+        import lume_scheduling.adapters.testing.contract as contract
+
+        assert "@py_builtins" in vars(contract)
+
+
     def test_the_plugin_offers_the_suites_fixtures(
         backend, target, project_name, hanging_flow, run_config_fields, submissions
     ):
@@ -47,7 +53,9 @@ EMBEDDER_TESTS = textwrap.dedent(
 )
 
 # The fake cannot run the real 60 s hanging flow unscripted; everything else runs.
-SELECTION = "declares or one_task_named or unknown_flow_run_id or invalid_run_config or plugin"
+SELECTION = (
+    "declares or one_task_named or unknown_flow_run_id or invalid_run_config or plugin or rewritten"
+)
 
 
 def test_an_embedder_runs_the_suite_with_only_a_backend_fixture(tmp_path: Path) -> None:
@@ -88,8 +96,13 @@ def test_an_embedder_runs_the_suite_with_only_a_backend_fixture(tmp_path: Path) 
         recorded
     )
     assert "test_the_plugin_offers_the_suites_fixtures" in recorded
+    assert "test_the_suites_asserts_are_rewritten" in recorded
     assert len(recorded) >= 15
-    suite_cases = {name: props for name, props in recorded.items() if "plugin" not in name}
+    suite_cases = {
+        name: props
+        for name, props in recorded.items()
+        if "plugin" not in name and "rewritten" not in name
+    }
     assert all(
         props.get("backend_capabilities") == "cancel,server,timeout"
         for props in suite_cases.values()
