@@ -259,7 +259,7 @@ class ServerBackend(Backend):
         return str(flow_id)
 
     def _registration_note(self, flow_id: str, project_name: str, labels: List[str]) -> str:
-        lines = [f"Flow registered:", f" └── ID: {flow_id}", f" └── Project: {project_name}", f" └── Labels: {labels}"]
+        lines = ["Flow registered:", f" └── ID: {flow_id}", f" └── Project: {project_name}", f" └── Labels: {labels}"]
         if self._config.ui_url:
             data = self._query(
                 "query($id: uuid!) { flow_by_pk(id: $id) { flow_group_id } }", {"id": flow_id}, "register_flow"
@@ -520,7 +520,8 @@ class ServerBackend(Backend):
         without ``image`` gets the image the flow was registered with (else
         ``default_image``): the seed's ``run(flow_id=...)`` needs no image.
         """
-        if run_config is None and "image" not in kwargs and flow is None and isinstance(flow_id, str) and flow_id.strip():
+        self._check_target(flow, flow_id)  # a TypeError before any query
+        if run_config is None and "image" not in kwargs and flow_id is not None:
             image = self._flow_info(flow_id).image or self._config.default_image
             if image is not None:
                 kwargs = {**kwargs, "image": image}

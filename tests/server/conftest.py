@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import multiprocessing
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -119,6 +121,12 @@ def register(backend: Any) -> Callable[..., str]:
 
 @pytest.fixture(autouse=True)
 def no_thread_left() -> Iterator[None]:
-    """Every test ends with the threads it started gone (fixtures close first)."""
+    """Every test ends with the threads and processes it started gone (the
+    emulator fixtures, set up later, are closed before this check)."""
     before = set(threading.enumerate())
     yield
+    deadline = time.monotonic() + 2
+    while set(threading.enumerate()) - before and time.monotonic() < deadline:
+        time.sleep(0.02)  # request handler threads finish their last answer
+    assert not set(threading.enumerate()) - before, "threads left running"
+    assert not multiprocessing.active_children(), "processes left running"

@@ -6,18 +6,20 @@ answered with exactly the fields they select, from a stateful store of tenants,
 projects, flows, flow runs, task runs, logs and agents. `EmulatedAgent` runs
 registered flows (Module storage) in threads with prefect's own ``FlowRunner`` and
 writes their states, serialized by prefect, back to the store, as a Prefect agent
-and ``prefect execute flow-run`` would.
+and ``prefect execute flow-run`` would: each run in its own (forked) process with
+its run config's env.
 
 Faults: `EmulatedServer.fail_next` (HTTP 5xx), `graphql_error_next`, `delay`,
 `stop` (the server disappears), `EmulatedAgent.crash` (the process running a flow
-dies; the server's zombie killer fails the run), cancellation (the agent interrupts
-the run's thread, as prefect's ``CloudFlowRunner`` interrupts its main thread).
+dies; the server's zombie killer fails the run), cancellation (the agent stops the
+run's process, as an agent stops its container).
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
+import multiprocessing
+import os
 import logging
 import threading
 import time
@@ -34,6 +36,8 @@ from prefect.engine.results import PrefectResult
 from prefect.serialization.storage import StorageSchema
 from prefect.utilities.graphql import decompress
 
+# One process per flow run, forked so it starts in milliseconds with prefect loaded.
+_FORK = multiprocessing.get_context("fork")
 ZOMBIE_MESSAGE = "No heartbeat detected from the remote task; marking the run as failed."
 FINAL = ("Success", "Failed", "Cancelled", "TimedOut", "Skipped", "TriggerFailed", "Finished", "Mapped")
 
@@ -392,38 +396,58 @@ class GraphQLExecutor:
         return ("result", {"state": run["state"]})
 
 
-class _Interrupt(BaseException):
-    """Raised inside a run's thread to stop it (not an Exception: prefect must not catch it)."""
+def _child_main(
+    conn: Any,
+    storage: dict,
+    flow_name: str,
+    parameters: dict,
+    context: dict,
+    env: Dict[str, str],
+    default_result: Optional[Callable[[], Any]],
+) -> None:
+    """The flow run's own process (forked): what `prefect execute flow-run` does in a
+    container. Sends its states and logs to the agent through ``conn``."""
+    import prefect
 
+    class PipeHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            conn.send(("log", record.levelname, record.getMessage()))
 
-class _Cancel(_Interrupt):
-    pass
+    # This process is the container: its logging and env are its own.
+    prefect_logger = logging.getLogger("prefect")
+    prefect_logger.handlers = [PipeHandler(logging.INFO)]
+    os.environ.update(env)
+    try:
+        flow = StorageSchema().load(storage).get_flow(flow_name).copy()
+    except Exception as err:
+        conn.send(("flow", prefect_state.Failed(f"Failed to load flow from storage: {err!r}").serialize()))
+        return
+    if flow.result is None and default_result is not None:
+        flow.result = default_result()
 
+    def on_flow_state(_flow: Any, _old: Any, new: prefect_state.State) -> prefect_state.State:
+        if not isinstance(new, prefect_state.Pending):
+            conn.send(("flow", new.serialize()))
+        return new
 
-class _Crash(_Interrupt):
-    pass
+    def on_task_state(runner: Any, _old: Any, new: prefect_state.State) -> prefect_state.State:
+        index = prefect.context.get("map_index")
+        conn.send(("task", runner.task.slug, runner.task.name, -1 if index is None else int(index), new.serialize()))
+        return new
 
-
-def _raise_in(thread: threading.Thread, exc_type: type) -> None:
-    if thread.ident is not None:
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc_type))
-
-
-class _RunLogHandler(logging.Handler):
-    """Sends prefect's log records of a run's thread to the store, as prefect's cloud handler would."""
-
-    def __init__(self, agent: "EmulatedAgent") -> None:
-        super().__init__(logging.INFO)
-        self.agent = agent
-
-    def emit(self, record: logging.LogRecord) -> None:
-        flow_run_id = self.agent.thread_runs.get(record.thread)
-        if flow_run_id is not None:
-            self.agent.store.add_log(flow_run_id, record.levelname, record.getMessage())
+    FlowRunner(flow=flow, state_handlers=[on_flow_state]).run(
+        parameters=parameters, task_runner_state_handlers=[on_task_state], context=context
+    )
+    conn.send(("done",))
 
 
 class EmulatedAgent:
-    """Picks up scheduled flow runs whose labels it has, and runs them in threads.
+    """Picks up scheduled flow runs whose labels it has; each runs in its own process.
+
+    Like a Docker or Kubernetes agent, it starts one process per flow run (forked,
+    so that it starts in milliseconds), with the run config's env, and relays the
+    states prefect reports to the server. Cancelling a run stops its process, as
+    an agent stops the container.
 
     Args:
         store: The emulated server's store.
@@ -450,40 +474,39 @@ class EmulatedAgent:
         self.agent_id = _new_id()
         self.name = name
         self.threads: Dict[str, threading.Thread] = {}
-        self.thread_runs: Dict[int, str] = {}
-        self.cancelled: set = set()
+        self.processes: Dict[str, Any] = {}
         self.crashed: set = set()
         self.paused = threading.Event()
         self._stop = threading.Event()
-        self._handler = _RunLogHandler(self)
         self._loop = threading.Thread(target=self._poll, name=f"{name}-loop", daemon=True)
 
     def start(self) -> "EmulatedAgent":
-        logging.getLogger("prefect").addHandler(self._handler)
         self._loop.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._loop.join(5)
-        for flow_run_id, thread in list(self.threads.items()):
-            deadline = time.monotonic() + 5
-            while thread.is_alive() and time.monotonic() < deadline:
-                _raise_in(thread, _Cancel)
-                thread.join(0.2)
-        logging.getLogger("prefect").removeHandler(self._handler)
+        for process in list(self.processes.values()):
+            if process.is_alive():
+                process.kill()
+        for thread in list(self.threads.values()):
+            thread.join(5)
 
-    def alive_threads(self) -> List[threading.Thread]:
-        threads = [t for t in self.threads.values() if t.is_alive()]
-        return threads + ([self._loop] if self._loop.is_alive() else [])
+    def alive_threads(self) -> List[Any]:
+        alive: List[Any] = [t for t in self.threads.values() if t.is_alive()]
+        alive += [p for p in self.processes.values() if p.is_alive()]
+        return alive + ([self._loop] if self._loop.is_alive() else [])
 
     def crash(self, flow_run_id: str) -> None:
-        """The process running ``flow_run_id`` dies: no state is written by it."""
+        """The process running ``flow_run_id`` dies without writing a state."""
         self.crashed.add(flow_run_id)
-        thread = self.threads[flow_run_id]
-        while thread.is_alive():
-            _raise_in(thread, _Crash)
-            thread.join(0.1)
+        deadline = time.monotonic() + 5
+        while flow_run_id not in self.processes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        process = self.processes[flow_run_id]
+        process.kill()
+        self.threads[flow_run_id].join(5)
 
     def _poll(self) -> None:
         while not self._stop.wait(self.interval):
@@ -507,10 +530,7 @@ class EmulatedAgent:
                 self.threads[flow_run_id] = thread
                 thread.start()
             return
-        if run["state"] == "Cancelling" and thread.is_alive():
-            self.cancelled.add(flow_run_id)
-            _raise_in(thread, _Cancel)
-        elif not thread.is_alive() and run["state"] in ("Running", "Submitted", "Cancelling"):
+        if not thread.is_alive() and run["state"] in ("Running", "Submitted"):
             # The zombie killer: the process is gone and nobody wrote a final state.
             with self.store.lock:
                 for task_run in self.store.rows("task_run"):
@@ -519,24 +539,72 @@ class EmulatedAgent:
                             flow_run_id, task_run["slug"], task_run["name"], task_run["map_index"],
                             prefect_state.Failed(ZOMBIE_MESSAGE),
                         )
-                final = (
-                    prefect_state.Cancelled("Flow run is cancelled")
-                    if run["state"] == "Cancelling"
-                    else prefect_state.Failed(ZOMBIE_MESSAGE)
-                )
-                self.store.set_flow_run_state(flow_run_id, final)
+                self.store.set_flow_run_state(flow_run_id, prefect_state.Failed(ZOMBIE_MESSAGE))
+
+    def _cancel_requested(self, flow_run_id: str) -> bool:
+        return self.store.tables["flow_run"][flow_run_id]["state"] in ("Cancelling", "Cancelled")
 
     def _execute(self, flow_run_id: str) -> None:
-        ident = threading.get_ident()
-        self.thread_runs[ident] = flow_run_id
+        """Start the run's process and relay what it reports until it ends."""
+        with self.store.lock:
+            run = dict(self.store.tables["flow_run"][flow_run_id])
+            serialized = self.store.tables["flow"][run["flow_id"]]["serialized_flow"]
+        storage = serialized.get("storage") or {}
+        if storage.get("type") != "Module":
+            self.store.set_flow_run_state(
+                flow_run_id,
+                prefect_state.Failed("Failed to load flow from storage: the emulated agent loads Module storage only"),
+            )
+            return
+        env = dict((run["run_config"] or {}).get("env") or {})
+        context = {"flow_run_id": flow_run_id, "flow_id": run["flow_id"], "checkpointing": True}
+        receiver, sender = _FORK.Pipe(duplex=False)
+        process = _FORK.Process(
+            target=_child_main,
+            args=(sender, storage, serialized["name"], run["parameters"], context, env, self.default_result),
+            daemon=True,
+        )
+        self.store.add_log(flow_run_id, "INFO", f"Beginning flow run {run['name']!r}")
+        process.start()
+        sender.close()
+        self.processes[flow_run_id] = process
+        cancelled = False
         try:
-            self._run_flow(flow_run_id)
-        except _Crash:
-            pass  # dead process: the zombie killer will notice
-        except _Cancel:
-            self._write_cancelled(flow_run_id)
+            while True:
+                if self._cancel_requested(flow_run_id) or self._stop.is_set():
+                    cancelled = True
+                    break
+                if not receiver.poll(0.02):
+                    if not process.is_alive() and not receiver.poll(0):
+                        break
+                    continue
+                try:
+                    event = receiver.recv()
+                except EOFError:
+                    break
+                if event[0] == "done":
+                    break
+                if self._cancel_requested(flow_run_id):
+                    cancelled = True
+                    break
+                self._relay(flow_run_id, event)
         finally:
-            self.thread_runs.pop(ident, None)
+            if process.is_alive():
+                process.kill()
+            process.join(5)
+            receiver.close()
+        if cancelled:
+            self._write_cancelled(flow_run_id)
+
+    def _relay(self, flow_run_id: str, event: tuple) -> None:
+        kind = event[0]
+        if kind == "flow":
+            self.store.set_flow_run_state(flow_run_id, prefect_state.State.deserialize(event[1]))
+        elif kind == "task":
+            _, slug, name, index, serialized = event
+            self.store.set_task_run_state(flow_run_id, slug, name, index, prefect_state.State.deserialize(serialized))
+        elif kind == "log":
+            self.store.add_log(flow_run_id, event[1], event[2])
 
     def _write_cancelled(self, flow_run_id: str) -> None:
         with self.store.lock:
@@ -546,56 +614,9 @@ class EmulatedAgent:
                         flow_run_id, task_run["slug"], task_run["name"], task_run["map_index"],
                         prefect_state.Cancelled("Flow run is cancelled"),
                     )
-            self.store.set_flow_run_state(flow_run_id, prefect_state.Cancelled("Flow run is cancelled"))
+            if self.store.tables["flow_run"][flow_run_id]["state"] != "Cancelled":
+                self.store.set_flow_run_state(flow_run_id, prefect_state.Cancelled("Flow run is cancelled"))
         self.store.add_log(flow_run_id, "INFO", "Flow run has been cancelled, cancelling active tasks")
-
-    def _run_flow(self, flow_run_id: str) -> None:
-        with self.store.lock:
-            run = dict(self.store.tables["flow_run"][flow_run_id])
-            serialized = self.store.tables["flow"][run["flow_id"]]["serialized_flow"]
-        storage = serialized.get("storage") or {}
-        try:
-            if storage.get("type") != "Module":
-                raise ValueError(f"the emulated agent loads Module storage only, not {storage.get('type')!r}")
-            # As `prefect execute flow-run` does: the storage is rebuilt from the
-            # registered document, then asked for the flow.
-            flow = StorageSchema().load(storage).get_flow(serialized["name"]).copy()
-        except Exception as err:
-            self.store.set_flow_run_state(
-                flow_run_id, prefect_state.Failed(f"Failed to load flow from storage: {err!r}")
-            )
-            return
-        if flow.result is None and self.default_result is not None:
-            flow.result = self.default_result()
-        store = self.store
-
-        def stop_if_cancelled() -> None:
-            # What CloudFlowRunner does between steps: a cancelled run goes no further.
-            if store.tables["flow_run"][flow_run_id]["state"] in ("Cancelling", "Cancelled"):
-                raise _Cancel()
-
-        def on_flow_state(_flow: Any, _old: Any, new: prefect_state.State) -> prefect_state.State:
-            stop_if_cancelled()
-            if not isinstance(new, prefect_state.Pending):
-                store.set_flow_run_state(flow_run_id, new)
-            return new
-
-        def on_task_state(runner: Any, _old: Any, new: prefect_state.State) -> prefect_state.State:
-            import prefect
-
-            stop_if_cancelled()
-            index = prefect.context.get("map_index")
-            store.set_task_run_state(
-                flow_run_id, runner.task.slug, runner.task.name, -1 if index is None else int(index), new
-            )
-            return new
-
-        store.add_log(flow_run_id, "INFO", f"Beginning flow run {run['name']!r}")
-        FlowRunner(flow=flow, state_handlers=[on_flow_state]).run(
-            parameters=run["parameters"],
-            task_runner_state_handlers=[on_task_state],
-            context={"flow_run_id": flow_run_id, "flow_id": run["flow_id"], "checkpointing": True},
-        )
 
 
 class EmulatedServer:
