@@ -629,7 +629,8 @@ def _module_storage(flow: Any) -> Module:
             ``__main__`` or inside a function): an agent could not load it.
     """
     for name, module in list(sys.modules.items()):
-        if module is None or name == "__main__" or name.startswith("_"):
+        # Only modules an agent can import by name (not __main__, not built in memory).
+        if module is None or name == "__main__" or getattr(module, "__spec__", None) is None:
             continue
         try:
             members = vars(module)

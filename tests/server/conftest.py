@@ -130,3 +130,23 @@ def no_thread_left() -> Iterator[None]:
         time.sleep(0.02)  # request handler threads finish their last answer
     assert not set(threading.enumerate()) - before, "threads left running"
     assert not multiprocessing.active_children(), "processes left running"
+
+
+def seed_run(emulated: Emulated, flow_id: str, final: Any, task_runs: Any = ()) -> str:
+    """A flow run written straight into the emulator's store (no agent runs it).
+
+    Args:
+        emulated: The emulator.
+        flow_id: A registered flow.
+        final: The prefect state the run ends in.
+        task_runs: ``(slug, name, map_index, prefect state)`` tuples.
+    """
+    store = emulated.store
+    with store.lock:
+        _, run = emulated.server.executor._mutation_create_flow_run(
+            {"input": {"flow_id": flow_id, "labels": ["seeded-no-agent"]}}
+        )
+        for slug, name, index, state in task_runs:
+            store.set_task_run_state(run["id"], slug, name, index, state)
+        store.set_flow_run_state(run["id"], final)
+    return run["id"]

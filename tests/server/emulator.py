@@ -396,6 +396,29 @@ class GraphQLExecutor:
         return ("result", {"state": run["state"]})
 
 
+def _close_inherited_listeners() -> None:
+    """Close the listening sockets a forked run inherits (the emulated servers'), so
+    that stopping a server really refuses connections while runs go on."""
+    import socket
+    import stat
+
+    for fd in range(3, 1024):
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+        except OSError:
+            continue
+        sock = socket.socket(fileno=fd)
+        try:
+            listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        except OSError:
+            listening = 0
+        if listening:
+            sock.close()
+        else:
+            sock.detach()
+
+
 def _child_main(
     conn: Any,
     storage: dict,
@@ -408,6 +431,8 @@ def _child_main(
     """The flow run's own process (forked): what `prefect execute flow-run` does in a
     container. Sends its states and logs to the agent through ``conn``."""
     import prefect
+
+    _close_inherited_listeners()
 
     class PipeHandler(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
