@@ -61,6 +61,10 @@ _CRASH_MARKERS = (
     "kubernetes error",
     "container exited",
 )
+# Flow run states after which nothing changes (the server's `flow_run.state` column).
+_FINAL_STATES = ["Success", "Failed", "Cancelled", "TimedOut", "Finished", "Skipped", "TriggerFailed"]
+_RUN_FIELDS = "id flow_id serialized_state flow { name project { name } }"
+_TASK_RUN_FIELDS = "id map_index serialized_state task { slug name }"
 _TASK_ERROR = re.compile(r"Error during execution of task: (?P<type>[A-Za-z_][\w.]*)\((?P<args>.*)\)\s*$", re.S)
 
 Timeout = Union[timedelta, float, int, None]
@@ -106,6 +110,8 @@ class _Tracked:
     log_since: Optional[str] = None
     log_ids: Set[str] = field(default_factory=set)
     agent_checked: bool = False
+    final_run: Optional[Dict[str, Any]] = None
+    created: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -311,7 +317,9 @@ class ServerBackend(Backend):
                 parameters=dict(request.parameters),
                 run_config=prefect_run_config,
             )
-        self._track(flow_run_id).flow_id = request.flow_id
+        tracked = self._track(flow_run_id)
+        tracked.flow_id = request.flow_id
+        tracked.created = time.monotonic()
         logger.info(
             "created flow run %s of flow %r (%s) with %s",
             flow_run_id,
@@ -338,14 +346,27 @@ class ServerBackend(Backend):
         return self._remember(flow_run_id, flow_run_state(_deserialize(run.get("serialized_state"))))
 
     def _wait(self, flow_run_id: str, timeout: Optional[float]) -> FlowRunState:
+        """Poll with exponential back-off until the run has ended or ``timeout`` passes.
+
+        The first query waits ``poll_interval`` after the run was created (it is
+        scheduled until then); each following interval is ``poll_backoff`` times
+        longer, up to ``poll_max_interval``; the last query is made at the deadline.
+        """
         known = self._known_final(flow_run_id)
         if known is not None:
             return known
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
+        tracked = self._track(flow_run_id)
         interval = self._config.poll_interval
-        last: Optional[FlowRunState] = None
+        next_poll = start if tracked.created is None else max(start, tracked.created + interval)
+        tracked.created = None
         while True:
+            if deadline is not None:
+                next_poll = min(next_poll, deadline)
+            pause = next_poll - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
             state, labels = self._poll(flow_run_id)
             if state.is_final:
                 return state
@@ -354,26 +375,29 @@ class ServerBackend(Backend):
                 self._maybe_check_agents(flow_run_id, labels, now - start)
             if deadline is not None and now >= deadline:
                 return state
-            if last is not None and state is last:
-                interval = min(interval * self._config.poll_backoff, self._config.poll_max_interval)
-            else:
-                interval = self._config.poll_interval if last is None else interval
-            last = state
-            pause = interval if deadline is None else min(interval, max(deadline - now, 0.0))
-            time.sleep(pause)
+            interval = min(interval * self._config.poll_backoff, self._config.poll_max_interval)
+            next_poll = now + interval
 
     def _poll(self, flow_run_id: str) -> Tuple[FlowRunState, List[str]]:
-        """One query: the run's state and the logs written since the last poll."""
+        """One query: the run's state, the logs written since the last poll and, if
+        (and only if) the run has ended, its first page of task runs.
+
+        The task runs are filtered on the run's own state on the server, so a
+        running run costs nothing extra and the query that sees the end also
+        brings the results: no second query for them.
+        """
         tracked = self._track(flow_run_id)
         since = tracked.log_since
         where = "(where: {timestamp: {_gte: $since}}, order_by: {timestamp: asc})" if since else "(order_by: {timestamp: asc})"
-        declared = "$id: uuid!, $since: timestamptz" if since else "$id: uuid!"
-        variables: Dict[str, Any] = {"id": flow_run_id}
+        declared = "$id: uuid!, $limit: Int!, $final: [String!]" + (", $since: timestamptz" if since else "")
+        variables: Dict[str, Any] = {"id": flow_run_id, "limit": self._config.task_run_page_size, "final": _FINAL_STATES}
         if since:
             variables["since"] = since
         data = self._query(
-            f"query({declared}) {{ flow_run_by_pk(id: $id) {{ serialized_state labels "
-            f"logs{where} {{ id timestamp level message }} }} }}",
+            f"query({declared}) {{ flow_run_by_pk(id: $id) {{ {_RUN_FIELDS} labels "
+            f"logs{where} {{ id timestamp level message }} "
+            f"task_runs(where: {{flow_run: {{state: {{_in: $final}}}}}}, order_by: {{id: asc}}, limit: $limit) "
+            f"{{ {_TASK_RUN_FIELDS} }} }} }}",
             variables,
             "wait",
             flow_run_id=flow_run_id,
@@ -383,6 +407,8 @@ class ServerBackend(Backend):
             raise FlowRunNotFoundError(flow_run_id)
         self._stream_logs(flow_run_id, tracked, run.get("logs") or [])
         state = flow_run_state(_deserialize(run.get("serialized_state")))
+        if state.is_final:
+            tracked.final_run = run  # read once by the result that follows
         return self._remember(flow_run_id, state), list(run.get("labels") or [])
 
     def _stream_logs(self, flow_run_id: str, tracked: _Tracked, logs: List[Mapping[str, Any]]) -> None:
@@ -439,33 +465,26 @@ class ServerBackend(Backend):
         ``task_name`` selects (all of them when ``load_all``).
         """
         size = self._config.task_run_page_size
-        data = self._query(
-            """query($id: uuid!, $limit: Int!) {
-                 flow_run_by_pk(id: $id) {
-                   id flow_id serialized_state
-                   flow { name project { name } }
-                   task_runs(order_by: {id: asc}, limit: $limit) {
-                     id map_index serialized_state task { slug name }
-                   }
-                 }
-               }""",
-            {"id": flow_run_id, "limit": size},
-            "get_result",
-            flow_run_id=flow_run_id,
-        )
-        run = data.get("flow_run_by_pk")
+        tracked = self._track(flow_run_id)
+        with self._lock:
+            run, tracked.final_run = tracked.final_run, None
         if run is None:
-            raise FlowRunNotFoundError(flow_run_id)
+            data = self._query(
+                f"query($id: uuid!, $limit: Int!) {{ flow_run_by_pk(id: $id) {{ {_RUN_FIELDS} "
+                f"task_runs(order_by: {{id: asc}}, limit: $limit) {{ {_TASK_RUN_FIELDS} }} }} }}",
+                {"id": flow_run_id, "limit": size},
+                "get_result",
+                flow_run_id=flow_run_id,
+            )
+            run = data.get("flow_run_by_pk")
+            if run is None:
+                raise FlowRunNotFoundError(flow_run_id)
         rows = list(run.get("task_runs") or [])
         page = rows
         while len(page) == size:
             more = self._query(
-                """query($id: uuid!, $limit: Int!, $offset: Int!) {
-                     task_run(where: {flow_run_id: {_eq: $id}}, order_by: {id: asc},
-                              limit: $limit, offset: $offset) {
-                       id map_index serialized_state task { slug name }
-                     }
-                   }""",
+                "query($id: uuid!, $limit: Int!, $offset: Int!) { task_run(where: {flow_run_id: {_eq: $id}}, "
+                f"order_by: {{id: asc}}, limit: $limit, offset: $offset) {{ {_TASK_RUN_FIELDS} }} }}",
                 {"id": flow_run_id, "limit": size, "offset": len(rows)},
                 "get_result",
                 flow_run_id=flow_run_id,

@@ -28,9 +28,12 @@ class PrefectServerConfig(BaseModel):
         request_retries: Extra attempts after a refused connection, a time-out or
             an HTTP 5xx answer.
         request_backoff: Seconds before the first retry; doubles each time.
-        poll_interval: Seconds between the first state queries of a run.
-        poll_backoff: Factor the interval grows by after each unchanged state.
-        poll_max_interval: The longest interval between two state queries.
+        poll_interval: Seconds before the first state query of a run.
+        poll_backoff: Factor the interval grows by after each query that finds
+            the run in the same state (so a run is seen ended at most about as
+            late as it had run, and never more than ``poll_max_interval``).
+        poll_max_interval: The longest interval between two state queries (the
+            same 10 s as prefect's ``watch_flow_run``).
         cancel_timeout: Seconds ``cancel`` waits for the run to reach Cancelled.
         agent_check_after: Seconds a run may stay scheduled before the backend
             asks the server whether an agent with its labels is polling (one
@@ -46,9 +49,9 @@ class PrefectServerConfig(BaseModel):
     request_timeout: float = 15.0
     request_retries: int = 2
     request_backoff: float = 0.5
-    poll_interval: float = 0.5
-    poll_backoff: float = 1.5
-    poll_max_interval: float = 5.0
+    poll_interval: float = 1.0
+    poll_backoff: float = 2.0
+    poll_max_interval: float = 10.0
     cancel_timeout: float = 30.0
     agent_check_after: Optional[float] = 15.0
     task_run_page_size: int = 1000

@@ -82,6 +82,7 @@ class Store:
             "log": {},
             "agent": {},
         }
+        self._task_run_ids: Dict[Tuple[str, str, int], str] = {}
 
     def rows(self, table: str) -> List[dict]:
         return list(self.tables[table].values())
@@ -100,13 +101,13 @@ class Store:
         self, flow_run_id: str, slug: str, name: str, map_index: int, state: prefect_state.State
     ) -> None:
         with self.lock:
-            for row in self.tables["task_run"].values():
-                if row["flow_run_id"] == flow_run_id and row["slug"] == slug and row["map_index"] == map_index:
-                    break
-            else:
+            key = (flow_run_id, slug, map_index)
+            row = self.tables["task_run"].get(self._task_run_ids.get(key, ""))
+            if row is None:
                 row = {"id": _new_id(), "flow_run_id": flow_run_id, "slug": slug, "name": name,
                        "map_index": map_index, "version": 0}
                 self.tables["task_run"][row["id"]] = row
+                self._task_run_ids[key] = row["id"]
             row["serialized_state"] = state.serialize()
             row["state"] = type(state).__name__
             row["version"] += 1
@@ -131,9 +132,12 @@ class GraphQLExecutor:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._rows = threading.local()
 
     # ------------------------------------------------------------ execution
-    def execute(self, query: str, variables: Dict[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
+    def execute(self, query: str, variables: Dict[str, Any]) -> Tuple[Dict[str, Any], int]:
+        """Answer one request: its data, and how many task run rows it returned."""
+        self._rows.task_runs = 0
         document = parse(query)
         data: Dict[str, Any] = {}
         names: List[str] = []
@@ -151,14 +155,16 @@ class GraphQLExecutor:
                 with self.store.lock:
                     value = handler(args)
                     data[(selection.alias or selection.name).value] = self._project(value, selection, variables)
-        return data, names
+        return data, self._rows.task_runs
 
     def _project(self, value: Any, field: FieldNode, variables: Dict[str, Any]) -> Any:
         if field.selection_set is None or value is None:
             return value
         if isinstance(value, list):
             return [self._project(item, field, variables) for item in value]
-        table, row = value
+        table, row = ("object", value) if isinstance(value, dict) else value
+        if table == "task_run":
+            self._rows.task_runs += 1
         out: Dict[str, Any] = {}
         for selection in field.selection_set.selections:
             assert isinstance(selection, FieldNode)
@@ -178,6 +184,9 @@ class GraphQLExecutor:
             child = "task_run" if name == "task_runs" else "log"
             rows = [r for r in self.store.rows(child) if r["flow_run_id"] == row["id"]]
             return self._select(child, rows, args)
+        if table == "flow" and name == "flow_group":
+            labels = sorted((row.get("run_config") or {}).get("labels") or [])
+            return ("flow_group", {"id": row["flow_group_id"], "labels": labels})
         if table == "task_run" and name == "task":
             return ("task", {"id": row["slug"], "slug": row["slug"], "name": row["name"]})
         if table == "flow_run" and name == "labels":
@@ -333,7 +342,8 @@ class GraphQLExecutor:
             "id": _new_id(), "name": serialized["name"], "project_id": project_id, "flow_group_id": group,
             "version": (latest["version"] + 1) if latest else 1, "archived": False,
             "serialized_flow": serialized, "idempotency_key": key, "created": _now(),
-            "run_config": serialized.get("run_config"),
+            "run_config": serialized.get("run_config"), "storage": serialized.get("storage"),
+            "settings": {}, "core_version": serialized.get("environment", {}).get("__version__", "1.4.1"),
         }
         self.store.tables["flow"][flow["id"]] = flow
         return ("flow", flow)
@@ -650,12 +660,16 @@ class EmulatedServer:
     Attributes:
         store: The shared tables.
         requests: One entry per request: the top-level field names it asked for.
+        queries: One entry per request: its GraphQL text.
+        task_runs_returned: One entry per answered request: the task run rows in it.
     """
 
     def __init__(self, store: Optional[Store] = None) -> None:
         self.store = store or Store()
         self.executor = GraphQLExecutor(self.store)
         self.requests: List[List[str]] = []
+        self.queries: List[str] = []
+        self.task_runs_returned: List[int] = []
         self.delay = 0.0
         self._faults: List[Tuple[int, str]] = []
         self._graphql_faults: List[str] = []
@@ -723,16 +737,20 @@ class EmulatedServer:
             return 400, {"errors": [{"message": f"bad request: {err}"}]}
         with self._lock:
             self.requests.append(names)
+            self.queries.append(str(request.get("query", "")))
             if self._faults:
                 status, text = self._faults.pop(0)
                 return status, {"message": text}
             if self._graphql_faults:
                 return 200, {"errors": [{"message": self._graphql_faults.pop(0)}]}
         try:
-            data, _ = self.executor.execute(request["query"], variables)
+            data, task_runs = self.executor.execute(request["query"], variables)
+            with self._lock:
+                self.task_runs_returned.append(task_runs)
         except GraphQLError as err:
             return 200, {"errors": [{"message": str(err)}]}
         except Exception as err:  # an emulator bug shows as a server error, with its cause
+            logging.getLogger(__name__).exception("emulator error answering %s", names)
             return 500, {"errors": [{"message": f"emulator error: {err!r}"}]}
         return 200, {"data": data}
 

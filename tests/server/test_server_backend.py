@@ -303,19 +303,19 @@ class TestFollowingARun:
         asked = emulator.server.requests[start:]
         assert asked[0] == ["create_flow_run"]
         assert all(names == ["flow_run_by_pk"] for names in asked[1:])
-        assert not any("task_run" in names for names in asked)
-        # The last request read the run with its task runs; the state query before it
-        # saw the end, and neither the second wait nor the result asked again.
-        assert len(asked) >= 3
-
+        # Task runs came once, in the state query that saw the end (5 = 3 tasks and
+        # 2 parameters); neither the second wait nor the result asked again.
+        returned = emulator.server.task_runs_returned[start:]
+        assert returned == [0] * (len(returned) - 1) + [5]
     def test_mapped_children_keep_their_own_values(self, backend: Any, register: Callable[..., str]) -> None:
         flow_run_id = backend.run({"values": [2, 3, 4]}, flow_id=register(flows.mapped_flow))
         record = backend.get_result(flow_run_id, timeout=20)
         assert [record.mapped_value("square-1", i) for i in range(3)] == [4, 9, 16]
         assert record.values["square-1"] == [4, 9, 16]
 
-    def test_more_than_a_thousand_task_runs(self, backend: Any, register: Callable[..., str], emulator: Any) -> None:
-        flow_id = register(flows.mapped_flow)
+    def test_more_than_a_thousand_task_runs(self, docker: DockerBackend, emulator: Any) -> None:
+        backend = docker
+        flow_id = docker.register_flow(flows.mapped_flow, PROJECT, no_url=True)
         count = 1500
         children = [
             ("square-1", "square", i, prefect_state.Success(result=PrefectResult().write(i * i))) for i in range(count)
@@ -329,8 +329,9 @@ class TestFollowingARun:
         start = emulator.server.request_count
         assert backend.result(flow_run_id, "square") == [i * i for i in range(count)]
         asked = emulator.server.requests[start:]
-        # state query, then the run with its first 1000 task runs, then one more page
-        assert asked == [["flow_run_by_pk"], ["flow_run_by_pk"], ["task_run"]]
+        # the state query brings the ended run with its first 1000 task runs, then one more page
+        assert asked == [["flow_run_by_pk"], ["task_run"]]
+        assert emulator.server.task_runs_returned[start:] == [1000, count + 1 - 1000]
 
     def test_only_the_selected_tasks_results_are_read(
         self, backend: Any, register: Callable[..., str], emulator: Any, caplog: pytest.LogCaptureFixture, tmp_path: Path
