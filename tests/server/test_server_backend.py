@@ -355,6 +355,15 @@ class TestFollowingARun:
             backend.result(flow_run_id, "multiply")
         assert "multiply-1 cannot be read" in caplog.text
 
+    def test_a_flow_that_keeps_no_values_gives_empty_results(self, make_emulator: Callable[..., Any]) -> None:
+        emulated = make_emulator(default_result=None)  # an agent as it really is
+        with DockerBackend(emulated.config()) as backend:
+            backend.create_project(PROJECT)
+            flow_id = backend.register_flow(flows.arithmetic_flow, PROJECT, no_url=True)
+            with pytest.raises(EmptyResultError):
+                backend.run_and_return(flow_id=flow_id, task_name="add")
+            assert backend.run_and_return(flow_id=flow_id)["add-1"] is None
+
     def test_unknown_task_lists_the_tasks(self, backend: Any, register: Callable[..., str]) -> None:
         with pytest.raises(TaskNotInFlowError, match="add_more"):
             backend.run_and_return(flow_id=register(flows.arithmetic_flow), task_name="ad")
