@@ -21,6 +21,7 @@ from lume_scheduling.domain import (
     EmptyResultError,
     FlowFailedError,
     FlowRunCancelledError,
+    FlowRunNotFoundError,
     FlowRunState,
     FlowRunTimeoutError,
     LocalBackendError,
@@ -387,9 +388,8 @@ class TestPerInstanceState:
         assert two.flow_versions("arithmetic", "lume") == []
         with pytest.raises(ValueError, match="create it first"):
             two.register_flow(flows.arithmetic_flow, "lume")
-        with pytest.raises(Exception) as raised:
+        with pytest.raises(FlowRunNotFoundError):
             two.get_state(flow_run_id)
-        assert type(raised.value).__name__ == "FlowRunNotFoundError"
         assert two.run_and_return({}, task_name="double-1", flow=flows.twin_flow) == 6
         two.script_hang("arithmetic")
         one.script_unavailable(False)
