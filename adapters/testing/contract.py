@@ -202,6 +202,18 @@ class BackendFixtures:
         )
 
 
+def _refused_without_server(backend: Backend, operation: str, *args: Any, **kwargs: Any) -> bool:
+    """Without ``server``, check that the server operation raises `LocalBackendError`
+    naming itself, and return True (the test has nothing more to check). With
+    ``server``, return False."""
+    if backend.capabilities.server:
+        return False
+    with pytest.raises(LocalBackendError) as raised:
+        getattr(backend, operation)(*args, **kwargs)
+    assert raised.value.operation == operation
+    return True
+
+
 def _unknown_id() -> str:
     return str(uuid.uuid4())
 
@@ -226,10 +238,7 @@ class ProjectAndFlowContract(BackendFixtures):
     """Projects and flow registration (``server``); `LocalBackendError` without."""
 
     def test_create_project_is_idempotent(self, backend: Backend, project_name: str) -> None:
-        if not backend.capabilities.server:
-            with pytest.raises(LocalBackendError) as raised:
-                backend.create_project(project_name)
-            assert raised.value.operation == "create_project"
+        if _refused_without_server(backend, "create_project", project_name):
             return
         backend.create_project(project_name)
         backend.create_project(project_name)  # a second time is not an error
@@ -237,9 +246,7 @@ class ProjectAndFlowContract(BackendFixtures):
 
     def test_project_names_are_checked(self, backend: Backend) -> None:
         unknown = f"no-such-project-{uuid.uuid4()}"
-        if not backend.capabilities.server:
-            with pytest.raises(LocalBackendError):
-                backend.register_flow(flows.arithmetic_flow, unknown)
+        if _refused_without_server(backend, "register_flow", flows.arithmetic_flow, unknown):
             return
         with pytest.raises(ValueError, match="project_name"):
             backend.create_project("")
@@ -250,11 +257,7 @@ class ProjectAndFlowContract(BackendFixtures):
             backend.register_flow(flows.arithmetic_flow, unknown)
 
     def test_register_then_load_round_trip(self, backend: Backend, project_name: str) -> None:
-        if not backend.capabilities.server:
-            with pytest.raises(LocalBackendError):
-                backend.register_flow(flows.arithmetic_flow, project_name)
-            with pytest.raises(LocalBackendError):
-                backend.load_flow(flows.arithmetic_flow.name, project_name)
+        if _refused_without_server(backend, "load_flow", "arithmetic", project_name):
             return
         backend.create_project(project_name)
         flow_id = backend.register_flow(flows.arithmetic_flow, project_name)
@@ -267,9 +270,7 @@ class ProjectAndFlowContract(BackendFixtures):
     def test_registering_again_makes_a_new_version(
         self, backend: Backend, project_name: str
     ) -> None:
-        if not backend.capabilities.server:
-            with pytest.raises(LocalBackendError):
-                backend.register_flow(flows.twin_flow, project_name)
+        if _refused_without_server(backend, "register_flow", flows.twin_flow, project_name):
             return
         backend.create_project(project_name)
         first = backend.register_flow(flows.twin_flow, project_name)
@@ -281,9 +282,9 @@ class ProjectAndFlowContract(BackendFixtures):
         self, backend: Backend, project_name: str
     ) -> None:
         key = f"contract-{uuid.uuid4()}"
-        if not backend.capabilities.server:
-            with pytest.raises(LocalBackendError):
-                backend.register_flow(flows.empty_flow, project_name, idempotency_key=key)
+        if _refused_without_server(
+            backend, "register_flow", flows.empty_flow, project_name, idempotency_key=key
+        ):
             return
         backend.create_project(project_name)
         first = backend.register_flow(flows.empty_flow, project_name, idempotency_key=key)
@@ -297,9 +298,7 @@ class ProjectAndFlowContract(BackendFixtures):
         self, backend: Backend, project_name: str
     ) -> None:
         name = f"no-such-flow-{uuid.uuid4()}"
-        if not backend.capabilities.server:
-            with pytest.raises(LocalBackendError):
-                backend.load_flow(name, project_name)
+        if _refused_without_server(backend, "load_flow", name, project_name):
             return
         backend.create_project(project_name)
         with pytest.raises(FlowNotFoundError) as raised:
