@@ -67,6 +67,14 @@ class TestValidConfigsAreAccepted:
 
 
 
+class TestStrategiesAreDocumented:
+    def test_every_public_strategy_has_a_docstring(self) -> None:
+        for name in rs.__all__:
+            value = getattr(rs, name)
+            if callable(value):
+                assert (value.__doc__ or "").strip(), f"{name} has no docstring"
+
+
 class TestOneBrokenRuleIsReported:
     @given(case=rs.invalid_run_config_kwargs())
     def test_rejected_at_the_broken_field(self, case: Tuple[type, Dict[str, Any], str]) -> None:
