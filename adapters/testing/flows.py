@@ -13,7 +13,9 @@ import time
 from typing import Any, List, Optional
 
 from prefect import Flow, Parameter, task
+from prefect.engine.results import PrefectResult
 from prefect.storage import Module
+from prefect.triggers import always_run
 
 MODULE = __name__
 
@@ -75,6 +77,12 @@ def working_dir() -> str:
     return os.getcwd()
 
 
+@task(name="tidy_up", trigger=always_run)
+def tidy_up() -> str:
+    """Runs whatever happened upstream; returns "tidied"."""
+    return "tidied"
+
+
 @task(name="square")
 def square(x: float) -> float:
     """x * x."""
@@ -82,7 +90,9 @@ def square(x: float) -> float:
 
 
 def _flow(name: str) -> Flow:
-    return Flow(name, storage=Module(MODULE))
+    # PrefectResult keeps each task's value in the server's database, so a real
+    # Prefect Server agent leaves values the backends can read back.
+    return Flow(name, storage=Module(MODULE), result=PrefectResult())
 
 
 # arithmetic: x=1, y=2 -> add=3, add_more=13, multiply=2
@@ -92,6 +102,13 @@ with _flow("arithmetic") as arithmetic_flow:
     _sum = add(_x, _y)
     add_more(_sum)
     multiply(_x, _y)
+
+# arithmetic again, without a result type: on a real Prefect Server its task
+# values are not kept, so reading them back gives empty results
+with Flow("arithmetic-unkept", storage=Module(MODULE)) as unkept_flow:
+    _x = Parameter("x", default=1)
+    _y = Parameter("y", default=2)
+    add_more(add(_x, _y))
 
 # two tasks named "double" (slugs double-1, double-2): x=3 -> 6 and 12
 with _flow("twin") as twin_flow:
@@ -119,14 +136,21 @@ with _flow("environment") as environment_flow:
 with _flow("mapped") as mapped_flow:
     square.map(Parameter("values", default=[1, 2, 3]))
 
+# task "explode" fails with ValueError("kaboom"), then "tidy_up" runs anyway and
+# returns "tidied"; the flow run succeeds (its only terminal task did)
+with _flow("partly_failing") as partly_failing_flow:
+    tidy_up(upstream_tasks=[explode(Parameter("message", default="kaboom"))])
+
 EXAMPLE_FLOWS: List[Flow] = [
     arithmetic_flow,
+    unkept_flow,
     twin_flow,
     failing_flow,
     empty_flow,
     hanging_flow,
     environment_flow,
     mapped_flow,
+    partly_failing_flow,
 ]
 
 
