@@ -70,6 +70,14 @@ def start_child(pid_file: str) -> None:
     time.sleep(60)
 
 
+@task(name="interval")
+def interval(seconds: float) -> tuple:
+    """Sleeps ``seconds``; returns when it started and ended (wall clock)."""
+    started = time.time()
+    time.sleep(seconds)
+    return (started, time.time())
+
+
 @task(name="increment")
 def increment(x: int) -> int:
     """x + 1."""
@@ -98,6 +106,9 @@ with Flow("crash-segfault") as crash_segfault_flow:
 with Flow("pid") as pid_flow:
     pid()
 
+with Flow("interval") as interval_flow:
+    interval(Parameter("seconds", default=0.3))
+
 with Flow("increment") as increment_flow:
     increment(Parameter("x"))
 
@@ -125,6 +136,7 @@ def local_flows() -> SimpleNamespace:
         crash_segfault=crash_segfault_flow,
         pid=pid_flow,
         increment=increment_flow,
+        interval=interval_flow,
         sleepy=sleepy_flow,
         logging=logging_flow,
         child_process=child_process_flow,
