@@ -37,12 +37,13 @@ class Job:
     """What a worker needs for one run, prepared in the caller's thread."""
 
     payload: FlowPayload
-    parameters: bytes
-    environ: Dict[str, str]
-    working_dir: str
-    sys_path: List[str]
-    log_level: int
-    secrets: Tuple[str, ...]
+    parameters: bytes = field(repr=False)
+    # Environment values are often secrets: never in a repr.
+    environ: Dict[str, str] = field(repr=False)
+    working_dir: str = ""
+    sys_path: List[str] = field(default_factory=list, repr=False)
+    log_level: int = 0
+    secrets: Tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(eq=False)

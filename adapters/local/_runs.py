@@ -35,9 +35,9 @@ class LocalRun:
     run_config: LocalRunConfig
     state: FlowRunState = FlowRunState.SCHEDULED
     result: Optional[FlowRunResult] = None
-    done: threading.Event = field(default_factory=threading.Event)
-    job: Any = None
-    worker: Any = None
+    done: threading.Event = field(default_factory=threading.Event, repr=False)
+    job: Any = field(default=None, repr=False)
+    worker: Any = field(default=None, repr=False)
 
 
 class RunTable:

@@ -23,7 +23,7 @@ import os
 import threading
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, Iterator, Optional, Set
 
 from lume_scheduling.adapters.prefect_flows import execute_flow
@@ -94,8 +94,8 @@ class ThreadJob:
 
     flow: Any
     parameters: Dict[str, Any]
-    env: Dict[str, str]
-    working_dir: str
+    env: Dict[str, str] = field(repr=False)  # values are often secrets
+    working_dir: str = ""
 
 
 @dataclass(eq=False)

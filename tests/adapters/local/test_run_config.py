@@ -77,3 +77,13 @@ class TestLabels:
         backend.wait(flow_run_id)
         assert "s3cr3t-value" not in repr(backend.get_run_config(flow_run_id))
         assert "s3cr3t-value" not in repr(backend)
+
+    @pytest.mark.parametrize("isolated", [True, False], ids=["isolated", "in-process"])
+    def test_no_internal_record_of_a_run_shows_env_values(self, isolated: bool) -> None:
+        with LocalBackend(max_workers=1, isolated=isolated) as backend:
+            hung = backend.submit({"seconds": 60}, flow=flows.hanging_flow)
+            queued = backend.submit({}, flow=flows.arithmetic_flow, env={"TOKEN": "s3cr3t-value"})
+            run = backend._runs.get(queued)
+            assert run.job is not None  # still waiting: its job holds the env
+            assert "s3cr3t-value" not in repr(run) and "s3cr3t-value" not in repr(run.job)
+            backend.cancel(hung)
