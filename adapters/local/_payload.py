@@ -88,9 +88,28 @@ def _importable_as_is(module: types.ModuleType, search_path: List[str]) -> bool:
 
 def modules_by_value(flow: Any, search_path: List[str]) -> List[types.ModuleType]:
     """Modules whose functions the flow needs but a worker could not import."""
+    return _not_importable(_candidate_modules(flow), search_path)
+
+
+def _dumps_by_value(obj: Any, modules: List[types.ModuleType]) -> bytes:
+    """cloudpickle ``obj`` with ``modules`` pickled by value for this one call."""
+    with _BY_VALUE_LOCK:
+        registered = []
+        try:
+            for module in modules:
+                if module.__name__ not in cloudpickle.list_registry_pickle_by_value():
+                    cloudpickle.register_pickle_by_value(module)
+                    registered.append(module)
+            return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        finally:
+            for module in registered:
+                cloudpickle.unregister_pickle_by_value(module)
+
+
+def _not_importable(names: Iterable[str], search_path: List[str]) -> List[types.ModuleType]:
     found: Set[str] = set()
     result: List[types.ModuleType] = []
-    for name in _candidate_modules(flow):
+    for name in names:
         if not name or name in found or name.partition(".")[0] in _NEVER_BY_VALUE:
             continue
         found.add(name)
@@ -106,19 +125,8 @@ def dumps_flow(flow: Any, search_path: List[str]) -> bytes:
     Raises:
         UnsendableFlowError: Something in the flow cannot be pickled.
     """
-    modules = modules_by_value(flow, search_path)
     try:
-        with _BY_VALUE_LOCK:
-            registered = []
-            try:
-                for module in modules:
-                    if module.__name__ not in cloudpickle.list_registry_pickle_by_value():
-                        cloudpickle.register_pickle_by_value(module)
-                        registered.append(module)
-                return cloudpickle.dumps(flow, protocol=pickle.HIGHEST_PROTOCOL)
-            finally:
-                for module in registered:
-                    cloudpickle.unregister_pickle_by_value(module)
+        return _dumps_by_value(flow, modules_by_value(flow, search_path))
     except Exception as err:  # pickling raises TypeError, PicklingError, AttributeError...
         raise UnsendableFlowError(
             f"flow {getattr(flow, 'name', flow)!r} cannot be sent to a worker process: "
@@ -128,18 +136,27 @@ def dumps_flow(flow: Any, search_path: List[str]) -> bytes:
         ) from err
 
 
-def dumps_parameters(parameters: Dict[str, Any]) -> bytes:
-    """Pickle flow parameters for a worker process.
+def _value_modules(parameters: Dict[str, Any]) -> Iterable[str]:
+    for value in parameters.values():
+        yield type(value).__module__
+        if isinstance(value, (list, tuple, set, frozenset)):
+            for item in value:
+                yield type(item).__module__
+        elif isinstance(value, dict):
+            for item in value.values():
+                yield type(item).__module__
+
+
+def dumps_parameters(parameters: Dict[str, Any], search_path: List[str]) -> bytes:
+    """Pickle flow parameters for a worker process, with cloudpickle; classes of
+    values (and of the items of list, tuple, set and dict values) from modules a
+    worker cannot import go by value.
 
     Raises:
         UnsendableFlowError: A parameter value cannot be pickled.
     """
     try:
-        return pickle.dumps(parameters, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # noqa: BLE001 - retry with cloudpickle (lambdas, local classes)
-        pass
-    try:
-        return cloudpickle.dumps(parameters, protocol=pickle.HIGHEST_PROTOCOL)
+        return _dumps_by_value(parameters, _not_importable(_value_modules(parameters), search_path))
     except Exception as err:
         raise UnsendableFlowError(
             f"parameters cannot be sent to a worker process: {type(err).__name__}: {err} "

@@ -162,7 +162,7 @@ class ProcessRuntime:
             environ.update(config.env)
         return Job(
             payload=payload,
-            parameters=dumps_parameters(parameters),
+            parameters=dumps_parameters(parameters, sys_path),
             environ=environ,
             working_dir=config.working_dir or cwd,
             sys_path=sys_path,

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 import threading
+import importlib.util
+import uuid
 
 import pytest
 from prefect import Flow, Parameter, task
@@ -15,6 +17,36 @@ from prefect import Flow, Parameter, task
 from lume_scheduling.adapters.local import LocalBackend
 from lume_scheduling.adapters.testing import flows
 from lume_scheduling.domain import FlowFailedError
+
+
+POINT_MODULE = """
+from dataclasses import dataclass
+from prefect import Flow, Parameter, task
+
+
+@dataclass(frozen=True)
+class Point:
+    x: int
+    y: int
+
+
+@task(name="mirror")
+def mirror(point):
+    return Point(point.y, point.x)
+
+
+with Flow("mirror") as flow:
+    mirror(Parameter("point"))
+"""
+
+
+def _load_by_path(path):
+    """Import a file under a unique name, not on sys.path (as the CLI loads flows)."""
+    spec = importlib.util.spec_from_file_location(f"lume_test_points_{uuid.uuid4().hex}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 class TestFlowSources:
@@ -27,6 +59,16 @@ class TestFlowSources:
     def test_a_flow_defined_in_this_test_module_is_sent_by_value(self, isolated: LocalBackend, local_flows) -> None:
         # conftest is loaded by path: a worker cannot import it by name.
         assert isolated.run_and_return({"seconds": 0, "value": 42}, None, "sleep_then_echo", flow=local_flows.sleepy) == 42
+
+    def test_flows_and_values_from_a_module_workers_cannot_import(self, isolated: LocalBackend, tmp_path) -> None:
+        path = tmp_path / "points.py"
+        path.write_text(POINT_MODULE)
+        points = _load_by_path(path)
+        try:
+            result = isolated.run_and_return({"point": points.Point(1, 2)}, None, "mirror", flow=points.flow)
+            assert result == points.Point(2, 1) and type(result) is points.Point
+        finally:
+            del sys.modules[points.__name__]
 
     def test_a_flow_built_in_a_closure(self, isolated: LocalBackend) -> None:
         offset = 100
