@@ -377,26 +377,30 @@ def cli(state: CliState, config_file: Optional[str], backend: Optional[str], deb
     state.quiet = quiet
 
 
+def _check_target_arguments(flow_spec: Optional[str], flow_id: Optional[str], project: Optional[str]) -> None:
+    """FLOW or --flow-id, checked before any backend starts."""
+    if flow_id is not None and (flow_spec is not None or project is not None):
+        raise CliError("give either FLOW (with --project on a server backend) or --flow-id, not both")
+    if flow_id is None and flow_spec is None:
+        raise CliError("missing FLOW (path/to/file.py[:attribute] or package.module[:attribute]) or --flow-id")
+
+
 def _run_target(
     state: CliState,
     service: SchedulingService,
-    flow_spec: Optional[str],
+    flow: Any,
     flow_id: Optional[str],
     project: Optional[str],
 ) -> Dict[str, Any]:
     """``flow=`` or ``flow_id=`` for the backend, registering FLOW into --project if asked."""
-    if flow_id is not None and (flow_spec is not None or project is not None):
-        raise CliError("give either FLOW (with --project on a server backend) or --flow-id, not both")
+    kind = state.settings().backend
     if flow_id is not None:
         if not service.capabilities.server:
-            raise CliError(f"--flow-id needs a server backend; the {state.settings().backend} backend runs FLOW itself")
+            raise CliError(f"--flow-id needs a server backend; the {kind} backend runs FLOW itself")
         return {"flow_id": flow_id}
-    if flow_spec is None:
-        raise CliError("missing FLOW (path/to/file.py[:attribute] or package.module[:attribute]) or --flow-id")
-    flow = load_flow(flow_spec)
     if not service.capabilities.server:
         if project is not None:
-            raise CliError(f"--project needs a server backend; the {state.settings().backend} backend has no projects")
+            raise CliError(f"--project needs a server backend; the {kind} backend has no projects")
         return {"flow": flow}
     if project is None:
         raise CliError(
@@ -499,10 +503,12 @@ def run(
     FLOW first.
     """
     _use_backend(state, backend)
+    _check_target_arguments(flow_spec, flow_id, project)
     parameters = parse_parameters(params)
     run_config = read_run_config(run_config_file) if run_config_file else None
+    flow = load_flow(flow_spec) if flow_spec is not None else None
     service = state.service()
-    target = _run_target(state, service, flow_spec, flow_id, project)
+    target = _run_target(state, service, flow, flow_id, project)
     flow_run_id = service.submit(parameters, run_config, **target)
     state.progress(f"flow run {flow_run_id} submitted to the {state.settings().backend} backend")
     _wait_with_progress(state, service, flow_run_id, timeout)
@@ -524,10 +530,12 @@ def submit(
     """Start a flow run on a server backend and print its id."""
     _use_backend(state, backend)
     _require_server_kind(state, "submit")
+    _check_target_arguments(flow_spec, flow_id, project)
     parameters = parse_parameters(params)
     run_config = read_run_config(run_config_file) if run_config_file else None
+    flow = load_flow(flow_spec) if flow_spec is not None else None
     service = state.service()
-    target = _run_target(state, service, flow_spec, flow_id, project)
+    target = _run_target(state, service, flow, flow_id, project)
     click.echo(service.submit(parameters, run_config, **target))
 
 
@@ -588,9 +596,9 @@ def create_project(state: CliState, name: str) -> None:
 @pass_state
 def register(state: CliState, flow_spec: str, project: str, image: Optional[str], labels: Sequence[str]) -> None:
     """Register FLOW in a project on the server and print its flow id."""
+    flow = load_flow(flow_spec)
     service = state.service()
     _require_server_capability(state, service, "register")
-    flow = load_flow(flow_spec)
     click.echo(service.register_flow(flow, project, image, list(labels) or None, no_url=True))
 
 
