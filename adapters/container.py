@@ -82,7 +82,7 @@ def server_config(settings: Settings) -> Any:
     """
     config_type = _import("lume_scheduling.adapters.server", "PrefectServerConfig", "server")
     try:
-        return config_type.parse_obj(settings.server.dict(exclude_unset=True))
+        return config_type.parse_obj(settings.server.backend_options())
     except ValidationError as err:
         problems = [(f"server.{location}", message) for location, message in validation_problems(err)]
         raise SettingsError("container config", problems) from err
@@ -163,7 +163,8 @@ def create_container(settings: Union[Settings, Mapping[str, Any], None] = None) 
     """
     validated = Settings.from_mapping(settings, source="settings")
     container = Container()
-    container.config.from_dict(validated.dict())
+    # Only what was given: keys left out keep the backends' own defaults.
+    container.config.from_dict(validated.dict(exclude_unset=True))
     return container
 
 

@@ -90,17 +90,41 @@ class LocalSettings(_Section):
 class ServerSettings(_Section):
     """The Prefect 1 Server the docker and kubernetes backends talk to.
 
+    The keys are those of `lume_scheduling.adapters.server.PrefectServerConfig`;
+    a key left out takes that model's default. When the server backends are
+    installed, the section is also checked against that model, so a value it
+    rejects is reported here, with its key.
+
     Attributes:
         api_url: The server's GraphQL endpoint (http or https).
         api_key: API key sent to the server, if it needs one; never shown.
-        tenant_id: Tenant to work in; None means the server's default tenant.
+        tenant_id: Tenant to work in (a UUID); None means the server's first tenant.
         default_image: Image flows are registered with when none is given.
+        ui_url: The server's UI, for the flow addresses registration prints.
+        request_timeout, request_retries, request_backoff: HTTP requests: seconds
+            one may take, extra attempts, seconds before the first retry.
+        poll_interval, poll_backoff, poll_max_interval: How often a run's state
+            is asked for while waiting.
+        cancel_timeout: Seconds a cancel waits for the run to be Cancelled.
+        agent_check_after: Seconds a run may stay scheduled before the backend
+            checks that an agent with its labels polls; null never checks.
+        task_run_page_size: Task runs fetched per query.
     """
 
     api_url: str = "http://localhost:4200/graphql"
     api_key: Optional[SecretStr] = None
     tenant_id: Optional[str] = None
     default_image: Optional[str] = None
+    ui_url: Optional[str] = None
+    request_timeout: Optional[float] = None
+    request_retries: Optional[int] = None
+    request_backoff: Optional[float] = None
+    poll_interval: Optional[float] = None
+    poll_backoff: Optional[float] = None
+    poll_max_interval: Optional[float] = None
+    cancel_timeout: Optional[float] = None
+    agent_check_after: Optional[float] = None
+    task_run_page_size: Optional[int] = None
 
     @validator("api_url")
     def _check_api_url(cls, value: str) -> str:
@@ -112,12 +136,6 @@ class ServerSettings(_Section):
             )
         return value
 
-    @validator("tenant_id")
-    def _check_tenant_id(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and not value.strip():
-            raise ValueError("tenant_id cannot be blank (leave it out for the default tenant)")
-        return value
-
     @validator("default_image")
     def _check_default_image(cls, value: Optional[str]) -> Optional[str]:
         if value is not None:
@@ -126,12 +144,36 @@ class ServerSettings(_Section):
                 raise ValueError(f"default_image {value!r} is not a valid image reference: {problem}")
         return value
 
+    def backend_options(self) -> Dict[str, Any]:
+        """The keys that were given, for `PrefectServerConfig` (its defaults fill the rest)."""
+        return self.dict(exclude_unset=True)
+
     def __repr_args__(self) -> Any:
-        # SecretStr already masks itself; keep the repr short and obviously masked.
+        # Only what was given, with the key masked.
         return [
             (name, "**********" if name == "api_key" and value is not None else value)
             for name, value in super().__repr_args__()
+            if name in self.__fields_set__ or name == "api_url"
         ]
+
+
+def server_config_problems(server: ServerSettings) -> List[Tuple[str, str]]:
+    """What `PrefectServerConfig` rejects in the server section, as ``(server.key, message)``.
+
+    Empty when everything is accepted, or when the server backends are not installed.
+    """
+    try:
+        from lume_scheduling.adapters.server import PrefectServerConfig
+    except ImportError:
+        return []
+    try:
+        PrefectServerConfig.parse_obj(server.backend_options())
+    except ValidationError as err:
+        return [
+            (f"server.{location}" if location else "server", message)
+            for location, message in validation_problems(err)
+        ]
+    return []
 
 
 class FakeSettings(_Section):
@@ -179,9 +221,25 @@ class Settings(_Section):
         if not isinstance(data, Mapping):
             raise SettingsError(source, [("", f"must be a mapping of settings, not {type(data).__name__}")])
         try:
-            return cls.parse_obj(dict(data))
+            settings = cls.parse_obj(dict(data))
         except ValidationError as err:
             raise SettingsError(source, validation_problems(err)) from err
+        settings.check_server(source)
+        return settings
+
+    def check_server(self, source: str, origins: Optional[Mapping[Tuple[str, ...], str]] = None) -> None:
+        """Check the server section against the server backends' own model.
+
+        Raises:
+            SettingsError: A server key has a value the server backends reject.
+        """
+        problems = server_config_problems(self.server)
+        if problems:
+            named = []
+            for location, message in problems:
+                origin = (origins or {}).get(tuple(location.split(".")))
+                named.append((f"{location} ({origin})" if origin else location, message))
+            raise SettingsError(source, named)
 
     def public_dict(self) -> Dict[str, Any]:
         """The settings as plain data with the API key masked (safe to print)."""
@@ -368,9 +426,11 @@ def load_settings(
             if not isinstance(overrides[key], Mapping):
                 origins.pop((key,), None)
     try:
-        return Settings.parse_obj(data)
+        settings = Settings.parse_obj(data)
     except ValidationError as err:
         raise SettingsError(source, validation_problems(err, origins)) from err
+    settings.check_server(source, origins)
+    return settings
 
 
 __all__ = [
@@ -387,5 +447,6 @@ __all__ = [
     "merge",
     "parse_document",
     "read_settings_file",
+    "server_config_problems",
     "settings_from_environ",
 ]

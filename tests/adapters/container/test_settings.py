@@ -60,7 +60,8 @@ class TestSettingsFiles:
     def test_example_server_settings_are_read_field_by_field(self) -> None:
         settings = load_settings(EXAMPLES / "kubernetes.yaml", environ={})
         assert settings.server.api_url == "https://prefect.example.org/graphql"
-        assert settings.server.tenant_id == "lume"
+        assert settings.server.tenant_id == "6f1c2d3e-4a5b-4c6d-8e9f-0a1b2c3d4e5f"
+        assert settings.server.agent_check_after == 120
         assert settings.server.default_image == "registry.example.org/lume/flows:1.0"
 
     def test_a_dict_is_validated_like_a_file(self) -> None:
@@ -135,7 +136,7 @@ class TestInvalidSettings:
             ("[local]\nthreads = 2\n", "local.threads", "unknown key"),
             ('[server]\napi_url = "localhost:4200"\n', "server.api_url", "http(s) URL"),
             ('[server]\ndefault_image = "Not An Image"\n', "server.default_image", "not a valid image"),
-            ('[server]\ntenant_id = " "\n', "server.tenant_id", "blank"),
+            ("[server]\npoll_interval = \"often\"\n", "server.poll_interval", "not a valid float"),
             ('local = 3\n', "local", "value is not a valid dict"),
         ],
     )
@@ -207,3 +208,21 @@ class TestSecrets:
             load_settings(file, environ={})
         assert SECRET not in str(caught.value)
         assert "server.api_url" in str(caught.value)
+
+
+class TestServerSectionCheckedByTheServerBackends:
+    def test_a_value_the_server_backends_reject_is_named_with_its_origin(self) -> None:
+        with pytest.raises(SettingsError) as caught:
+            load_settings(environ={"LUME_SCHEDULING_SERVER__TENANT_ID": "lume"})
+        ((location, message),) = caught.value.problems
+        assert location == "server.tenant_id (LUME_SCHEDULING_SERVER__TENANT_ID)"
+        assert "UUID" in message
+
+    def test_keys_left_out_keep_the_server_backends_defaults(self) -> None:
+        from lume_scheduling.adapters.server import PrefectServerConfig
+
+        settings = load_settings(environ={"LUME_SCHEDULING_SERVER__POLL_INTERVAL": "0.25"})
+        assert settings.server.backend_options() == {"poll_interval": 0.25}
+        config = PrefectServerConfig.parse_obj(settings.server.backend_options())
+        assert config.poll_interval == 0.25
+        assert config.request_timeout == PrefectServerConfig().request_timeout
