@@ -18,8 +18,25 @@ def _describe(**fields: object) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+def _restore(cls: type, args: tuple, state: dict) -> "SchedulingError":
+    """Rebuild a pickled error without calling its ``__init__`` again."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
 class SchedulingError(Exception):
-    """Base of every error lume-scheduling raises on purpose."""
+    """Base of every error lume-scheduling raises on purpose.
+
+    Errors pickle with their message and fields intact, so that they can cross
+    from a worker process to the caller.
+    """
+
+    def __reduce__(self) -> tuple:
+        # Exception's own reduce calls cls(*args) with the built message as first
+        # field, which garbles both the fields and the message.
+        return (_restore, (type(self), self.args, dict(self.__dict__)))
 
 
 class EmptyResultError(SchedulingError):

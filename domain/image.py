@@ -16,7 +16,8 @@ _REGISTRY = re.compile(
     rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?"
 )
 _PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
+# ASCII only: Python's \w would also take letters and digits of any script.
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _DIGEST = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
 _MAX_NAME_LENGTH = 255
 
@@ -34,8 +35,8 @@ def image_reference_problem(reference: str) -> str | None:
         return "an image reference cannot be empty"
     if reference != reference.strip():
         return "an image reference cannot have surrounding blanks"
-    name, _, digest = reference.partition("@")
-    if digest and not _DIGEST.fullmatch(digest):
+    name, at, digest = reference.partition("@")
+    if at and not _DIGEST.fullmatch(digest):
         return f"digest {digest!r} is not of the form algorithm:hex (32+ hex digits)"
     tag = ""
     last_slash = name.rfind("/")

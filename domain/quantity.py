@@ -11,13 +11,16 @@ The grammar is the one of ``resource.Quantity`` in Kubernetes' apimachinery::
     <number>          ::= <digits> | <digits>.<digits> | <digits>. | .<digits>
     <sign>            ::= "+" | "-"
 
+Values are exact however many digits are written. An exponent beyond
++-`MAX_EXPONENT` is rejected: Kubernetes keeps the scale in 32 bits.
+
 The parser is a hand-written scanner rather than a regular expression, so that the
 property tests can check it against an independent regular-expression reading.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import MAX_EMAX, MIN_EMIN, Decimal, localcontext
 from typing import Union
 
 BINARY_SUFFIXES: dict[str, int] = {
@@ -38,6 +41,9 @@ DECIMAL_SUFFIXES: dict[str, Decimal] = {
     "P": Decimal("1e15"),
     "E": Decimal("1e18"),
 }
+# Largest exponent accepted (``1e2147483647``): Kubernetes keeps a quantity's scale
+# in a 32-bit integer, so anything beyond cannot be a Kubernetes quantity.
+MAX_EXPONENT = 2**31 - 1
 
 
 class QuantityError(ValueError):
@@ -52,16 +58,21 @@ def _digits_end(text: str, start: int) -> int:
     return end
 
 
-def _parse_suffix(suffix: str, text: str) -> Decimal:
-    if suffix in BINARY_SUFFIXES:
-        return Decimal(BINARY_SUFFIXES[suffix])
+def _suffix_exponent(suffix: str, text: str) -> int:
+    """The power of ten a decimal suffix or exponent stands for (``k`` -> 3, ``e6`` -> 6)."""
     if suffix in DECIMAL_SUFFIXES:
-        return DECIMAL_SUFFIXES[suffix]
+        return DECIMAL_SUFFIXES[suffix].adjusted()
     if len(suffix) > 1 and suffix[0] in "eE":
         exponent = suffix[1:]
         body = exponent[1:] if exponent[0] in "+-" else exponent
         if body and _digits_end(body, 0) == len(body):
-            return Decimal(10) ** int(exponent)
+            power = int(exponent)
+            if abs(power) > MAX_EXPONENT:
+                raise QuantityError(
+                    f"{text!r} has an exponent out of range: at most {MAX_EXPONENT} "
+                    "either way (Kubernetes keeps the scale in 32 bits)"
+                )
+            return power
     raise QuantityError(
         f"{text!r} has an unknown suffix {suffix!r}: expected one of "
         "Ki, Mi, Gi, Ti, Pi, Ei, m, k, M, G, T, P, E or an exponent such as e6"
@@ -71,6 +82,9 @@ def _parse_suffix(suffix: str, text: str) -> Decimal:
 def parse_quantity(text: str) -> Decimal:
     """Parse a Kubernetes quantity string into its exact decimal value.
 
+    The value is exact whatever the number of digits (no rounding to the default
+    28-digit decimal context).
+
     Args:
         text: The quantity as written, e.g. ``"1.5Gi"``, ``"100m"``, ``"129e6"``.
 
@@ -78,8 +92,9 @@ def parse_quantity(text: str) -> Decimal:
         The value as a `Decimal` (bytes for memory, cores for CPU).
 
     Raises:
-        QuantityError: ``text`` does not follow the quantity grammar; the message
-            says which part is wrong.
+        QuantityError: ``text`` does not follow the quantity grammar, or its
+            exponent is beyond +-`MAX_EXPONENT`; the message says which part is
+            wrong.
     """
     if not isinstance(text, str):
         raise QuantityError(f"expected a string, got {type(text).__name__}")
@@ -98,8 +113,16 @@ def parse_quantity(text: str) -> Decimal:
         number += "0"
     if number.lstrip("+-").startswith("."):
         number = number.replace(".", "0.", 1)
-    multiplier = _parse_suffix(text[fraction_end:], text)
-    return Decimal(number) * multiplier
+    suffix = text[fraction_end:]
+    if suffix in BINARY_SUFFIXES:
+        with localcontext() as context:
+            # Enough digits for the exact product (2**60 has 19 digits).
+            context.prec = len(number) + 20
+            context.Emax = MAX_EMAX
+            context.Emin = MIN_EMIN
+            return Decimal(number) * BINARY_SUFFIXES[suffix]
+    # Built from text, the value is exact: no context rounding applies.
+    return Decimal(f"{number}E{_suffix_exponent(suffix, text)}")
 
 
 def is_quantity(text: str) -> bool:

@@ -230,7 +230,8 @@ def as_timedelta(timeout: Optional[object], argument: str = "timeout") -> Option
 
     Raises:
         TypeError: ``timeout`` is neither.
-        ValueError: ``timeout`` is negative or not finite.
+        ValueError: ``timeout`` is negative, not finite, or too large for a
+            `timedelta` (more than about 2.7 million years).
     """
     if timeout is None:
         return None
@@ -239,7 +240,12 @@ def as_timedelta(timeout: Optional[object], argument: str = "timeout") -> Option
     elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
         if timeout != timeout or timeout in (float("inf"), float("-inf")):
             raise ValueError(f"{argument} must be a finite number of seconds, not {timeout!r}")
-        delta = timedelta(seconds=timeout)
+        try:
+            delta = timedelta(seconds=timeout)
+        except OverflowError:
+            raise ValueError(
+                f"{argument} is too large: {timeout!r} s is beyond what a timedelta holds"
+            ) from None
     else:
         raise TypeError(
             f"{argument} must be a timedelta or a number of seconds, not {type(timeout).__name__}"

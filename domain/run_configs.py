@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Dict, List, Literal, Mapping, Optional, Union
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, Extra, StrictFloat, StrictInt, StrictStr, root_validator, validator
+from pydantic import BaseModel, Extra, StrictFloat, StrictInt, StrictStr, validator
 
 from .image import image_reference_problem
 from .quantity import QuantityError, quantity_value
@@ -185,7 +185,8 @@ def _check_byte_size(key: str, value: Any) -> None:
         return
     try:
         parse_bytes(value)
-    except (DockerException, ValueError, TypeError) as err:
+    # ArithmeticError: docker-py turns "infk" into int(inf), an OverflowError.
+    except (DockerException, ValueError, TypeError, ArithmeticError) as err:
         raise ValueError(f"host_config[{key!r}] is not a byte size: {err}") from None
 
 
@@ -222,6 +223,13 @@ class DockerRunConfig(RunConfig):
             )
         return value
 
+    @validator("docker_api_version")
+    def _recheck_host_config(cls, value: Optional[str], values: Dict[str, Any]) -> Optional[str]:
+        # Only on assignment: at construction host_config comes after this field.
+        if values.get("host_config") is not None:
+            _check_host_config_for(values["host_config"], value)
+        return value
+
     @validator("host_config", pre=True)
     def _check_host_config(cls, value: Any, values: Dict[str, Any]) -> Any:
         if value is None:
@@ -233,23 +241,7 @@ class DockerRunConfig(RunConfig):
             )
         if "docker_api_version" not in values:
             raise ValueError("host_config cannot be checked: docker_api_version is invalid")
-        from docker.constants import DEFAULT_DOCKER_API_VERSION
-        from docker.types import HostConfig
-
-        version = values["docker_api_version"] or DEFAULT_DOCKER_API_VERSION
-        for key in _BYTE_SIZE_HOST_CONFIG_KEYS:
-            if key in value:
-                _check_byte_size(key, value[key])
-        try:
-            HostConfig(version=version, **value)
-        except Exception as err:  # docker-py raises TypeError, ValueError and its own
-            raise ValueError(
-                f"host_config is not valid for Docker API {version}: {err}"
-            ) from None
-        try:
-            json.dumps(dict(value))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"host_config must be JSON-serialisable: {err}") from None
+        _check_host_config_for(value, values["docker_api_version"])
         return dict(value)
 
     @validator("ports")
@@ -264,6 +256,29 @@ class DockerRunConfig(RunConfig):
                 raise ValueError(f"port {port} is listed twice")
             seen.add(port)
         return value
+
+
+def _check_host_config_for(value: Mapping[str, Any], api_version: Optional[str]) -> None:
+    """Check ``create_host_config`` arguments offline against a Docker API version.
+
+    Raises:
+        ValueError: An argument is unknown, of the wrong type or not JSON-serialisable.
+    """
+    from docker.constants import DEFAULT_DOCKER_API_VERSION
+    from docker.types import HostConfig
+
+    version = api_version or DEFAULT_DOCKER_API_VERSION
+    for key in _BYTE_SIZE_HOST_CONFIG_KEYS:
+        if key in value:
+            _check_byte_size(key, value[key])
+    try:
+        HostConfig(version=version, **value)
+    except Exception as err:  # docker-py raises TypeError, ValueError and its own
+        raise ValueError(f"host_config is not valid for Docker API {version}: {err}") from None
+    try:
+        json.dumps(dict(value))
+    except (TypeError, ValueError, RecursionError) as err:
+        raise ValueError(f"host_config must be JSON-serialisable: {err}") from None
 
 
 def _is_api_version(text: str) -> bool:
@@ -347,7 +362,8 @@ class KubernetesRunConfig(RunConfig):
         if isinstance(value, str):
             try:
                 value = yaml.safe_load(value)
-            except yaml.YAMLError as err:
+            # RecursionError: PyYAML recurses once per nesting level ("[[[[...").
+            except (yaml.YAMLError, RecursionError) as err:
                 raise ValueError(f"job_template is not valid YAML: {err}") from None
         if value is not None and not isinstance(value, Mapping):
             raise ValueError(
@@ -378,31 +394,52 @@ class KubernetesRunConfig(RunConfig):
         try:
             with open(path, encoding="utf-8") as template_file:
                 template = yaml.safe_load(template_file)
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
             raise ValueError(f"job_template_path {value!r} cannot be read: {err}") from None
         if not isinstance(template, Mapping):
             raise ValueError(f"job_template_path {value!r} does not hold a YAML mapping")
         return value
 
-    @root_validator(skip_on_failure=True)
-    def _check_consistency(cls, values: Dict[str, Any]) -> Dict[str, Any]:
-        if values.get("job_template") is not None and values.get("job_template_path") is not None:
+    @validator("job_template")
+    def _check_one_template(cls, value: Any, values: Dict[str, Any]) -> Any:
+        # Only on assignment: at construction job_template_path comes after this field.
+        if value is not None and values.get("job_template_path") is not None:
             raise ValueError("give job_template or job_template_path, not both")
-        for resource in ("cpu", "memory"):
-            request = values.get(f"{resource}_request")
-            limit = values.get(f"{resource}_limit")
-            if request is not None and limit is not None:
-                if quantity_value(request) > quantity_value(limit):
-                    raise ValueError(
-                        f"{resource}_request {request!r} is above {resource}_limit "
-                        f"{limit!r}; Kubernetes refuses such a pod"
-                    )
-        return values
+        return value
+
+    @validator("job_template_path")
+    def _check_one_template_path(cls, value: Any, values: Dict[str, Any]) -> Any:
+        if value is not None and values.get("job_template") is not None:
+            raise ValueError("give job_template or job_template_path, not both")
+        return value
+
+    @validator("cpu_request", "memory_request")
+    def _check_request_within_limit(cls, value: Any, values: Dict[str, Any], field: Any) -> Any:
+        resource = field.name.partition("_")[0]
+        _check_request_not_above_limit(resource, value, values.get(f"{resource}_limit"))
+        return value
+
+    @validator("cpu_limit", "memory_limit")
+    def _check_limit_above_request(cls, value: Any, values: Dict[str, Any], field: Any) -> Any:
+        # Only on assignment: at construction the request comes after the limit.
+        resource = field.name.partition("_")[0]
+        _check_request_not_above_limit(resource, values.get(f"{resource}_request"), value)
+        return value
 
     def resource_value(self, field: str) -> Optional[Decimal]:
         """The exact value of a cpu_* or memory_* field (cores or bytes), or None."""
         value = getattr(self, field)
         return None if value is None else quantity_value(value)
+
+
+def _check_request_not_above_limit(resource: str, request: Any, limit: Any) -> None:
+    """Raise ValueError when a resource request exceeds its limit (both given)."""
+    if request is not None and limit is not None:
+        if quantity_value(request) > quantity_value(limit):
+            raise ValueError(
+                f"{resource}_request {request!r} is above {resource}_limit "
+                f"{limit!r}; Kubernetes refuses such a pod"
+            )
 
 
 RUN_CONFIG_TYPES: dict[str, type[RunConfig]] = {

@@ -14,6 +14,7 @@ from typing import Any, List, Optional
 
 from prefect import Flow, Parameter, task
 from prefect.storage import Module
+from prefect.triggers import always_run
 
 MODULE = __name__
 
@@ -75,6 +76,12 @@ def working_dir() -> str:
     return os.getcwd()
 
 
+@task(name="tidy_up", trigger=always_run)
+def tidy_up() -> str:
+    """Runs whatever happened upstream; returns "tidied"."""
+    return "tidied"
+
+
 @task(name="square")
 def square(x: float) -> float:
     """x * x."""
@@ -119,6 +126,11 @@ with _flow("environment") as environment_flow:
 with _flow("mapped") as mapped_flow:
     square.map(Parameter("values", default=[1, 2, 3]))
 
+# task "explode" fails with ValueError("kaboom"), then "tidy_up" runs anyway and
+# returns "tidied"; the flow run succeeds (its only terminal task did)
+with _flow("partly_failing") as partly_failing_flow:
+    tidy_up(upstream_tasks=[explode(Parameter("message", default="kaboom"))])
+
 EXAMPLE_FLOWS: List[Flow] = [
     arithmetic_flow,
     twin_flow,
@@ -127,6 +139,7 @@ EXAMPLE_FLOWS: List[Flow] = [
     hanging_flow,
     environment_flow,
     mapped_flow,
+    partly_failing_flow,
 ]
 
 
