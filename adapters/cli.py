@@ -3,18 +3,19 @@
 Results go to stdout as JSON; progress (state changes) and errors go to stderr,
 one line each (the traceback only with ``--debug``). Exit codes:
 
-==  =====================================================================
-0   success
-1   any other error (a bug: rerun with --debug for the traceback)
-2   usage or configuration error: bad option or parameter, invalid settings
-    or run config file, a flow that cannot be loaded, an unknown task, an
-    operation the backend does not have
-3   the flow run failed, crashed or was cancelled, or the task asked for did
-    not complete or returned nothing
-4   time-out: the flow run did not finish within --timeout (it is cancelled)
-5   the backend is unavailable (server unreachable, backend not installed)
-6   not found: unknown flow id or flow run id
-==  =====================================================================
+===  =====================================================================
+0    success
+1    any other error (a bug: rerun with --debug for the traceback)
+2    usage or configuration error: bad option or parameter, invalid settings
+     or run config file, a flow that cannot be loaded, an unknown task, an
+     operation the backend does not have
+3    the flow run failed, crashed or was cancelled, or the task asked for did
+     not complete or returned nothing
+4    time-out: the flow run did not finish within --timeout (it is cancelled)
+5    the backend is unavailable (server unreachable, backend not installed)
+6    not found: unknown flow id or flow run id
+130  interrupted (Ctrl-C); the backend is closed, which stops local runs
+===  =====================================================================
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ EXIT_FLOW_FAILED = 3
 EXIT_TIMEOUT = 4
 EXIT_UNAVAILABLE = 5
 EXIT_NOT_FOUND = 6
+EXIT_INTERRUPTED = 130
 
 DEFAULT_FLOW_ATTRIBUTE = "flow"
 SERVER_KINDS = ("docker", "kubernetes")
@@ -75,9 +77,11 @@ POLL_SECONDS = 0.25
 class CliError(click.ClickException):
     """An error the command line reports as one line, with its exit code."""
 
+    exit_code = EXIT_USAGE
+
     def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares it per class
 
 
 # ----------------------------------------------------------------- state
@@ -624,8 +628,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except click.Abort:
+        # Ctrl-C: the backend was closed on the way out (its runs stopped).
         click.echo(f"{PROG}: aborted", err=True)
-        sys.exit(EXIT_ERROR)
+        sys.exit(EXIT_INTERRUPTED)
     except click.UsageError as err:
         hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
         click.echo(f"{PROG}: error: {err.format_message()}{hint}", err=True)

@@ -204,11 +204,14 @@ class Settings(_Section):
     fake: FakeSettings = FakeSettings()
 
     @classmethod
-    def from_mapping(cls, data: Optional[Mapping[str, Any]], source: str = "settings") -> "Settings":
+    def from_mapping(
+        cls, data: Union["Settings", Mapping[str, Any], None], source: str = "settings"
+    ) -> "Settings":
         """Validate plain data (a parsed file, a container's config) into settings.
 
         Args:
-            data: The settings as nested mappings; None means all defaults.
+            data: The settings as nested mappings (or `Settings`, returned as
+                they are); None means all defaults.
             source: What the data is, for error messages.
 
         Raises:

@@ -49,11 +49,18 @@ def home(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def lume(home: Path, tmp_path: Path) -> Cli:
-    """Run the installed console script: ``lume(*args, env={...}, timeout=60)``."""
+def cli_env(home: Path) -> Dict[str, str]:
+    """The subprocess environment: ours without LUME_SCHEDULING_*, HOME in a temporary directory."""
     assert SCRIPT.exists(), f"console script not installed next to {sys.executable}"
     base = {name: value for name, value in os.environ.items() if not name.startswith("LUME_SCHEDULING_")}
     base["HOME"] = str(home)
+    return base
+
+
+@pytest.fixture
+def lume(cli_env: Dict[str, str]) -> Cli:
+    """Run the installed console script: ``lume(*args, env={...}, timeout=90)``."""
+    base = cli_env
 
     def run(*args: str, env: Optional[Dict[str, str]] = None, timeout: float = 90) -> Completed:
         completed = subprocess.run(

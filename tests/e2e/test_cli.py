@@ -9,14 +9,18 @@ nothing was written under HOME.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Dict
 
 import pytest
 
 FLOWS = "lume_scheduling.adapters.testing.flows"
+SCRIPT = Path(sys.executable).parent / "lume-scheduling"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SECRET = "e2e-secret-api-key-0123456789"
 
@@ -113,6 +117,31 @@ class TestFlowRunErrors:
         assert "did not finish within 1 s" in line and "cancelled" in line
         # The flow would sleep 60 s; a worker left running would hold stderr open.
         assert elapsed < 20
+
+    def test_ctrl_c_stops_the_run_and_exits_130(self, cli_env: Dict[str, str]) -> None:
+        process = subprocess.Popen(
+            [str(SCRIPT), "run", f"{FLOWS}:hanging_flow"],
+            env=cli_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert process.stderr is not None
+            seen = []
+            for line in process.stderr:  # wait until the flow runs
+                seen.append(line)
+                if line.rstrip().endswith(": running"):
+                    break
+            started = time.monotonic()
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        assert process.returncode == 130, "".join(seen) + err
+        assert out == ""
+        assert err.rstrip().endswith("lume-scheduling: aborted")
+        # A worker left running would hold stderr open until its 60 s sleep ends.
+        assert time.monotonic() - started < 15
 
     def test_a_parameter_of_the_wrong_type_fails_the_flow(self, lume: Any) -> None:
         done = lume("run", f"{FLOWS}:arithmetic_flow", "-p", "x=oops")
