@@ -170,6 +170,7 @@ class TestUnreachableBackend:
         env = {
             "LUME_SCHEDULING_SERVER__API_URL": f"http://127.0.0.1:{closed_port}/graphql",
             "LUME_SCHEDULING_SERVER__API_KEY": SECRET,
+            "LUME_SCHEDULING_SERVER__REQUEST_RETRIES": "0",
         }
         done = lume("--backend", "docker", "run", "--flow-id", "some-flow", env=env, timeout=120)
         assert done.code == UNAVAILABLE, done.err
@@ -177,7 +178,10 @@ class TestUnreachableBackend:
         assert SECRET not in done.err + done.out
 
     def test_status_on_kubernetes_at_a_closed_port_exits_5(self, lume: Any, write: Write, closed_port: int) -> None:
-        settings = write("k8s.yaml", f"backend: kubernetes\nserver:\n  api_url: http://127.0.0.1:{closed_port}/graphql\n")
+        settings = write(
+            "k8s.yaml",
+            f"backend: kubernetes\nserver:\n  api_url: http://127.0.0.1:{closed_port}/graphql\n  request_retries: 0\n",
+        )
         done = lume("--config", str(settings), "status", "some-run", timeout=120)
         assert done.code == UNAVAILABLE, done.err
         single_error(done)
