@@ -21,6 +21,7 @@ run configuration raises `pydantic.ValidationError` before anything runs.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
@@ -37,6 +38,11 @@ from lume_scheduling.domain import (
 )
 
 Timeout = Union[timedelta, float, int, None]
+
+# Frames of these modules are skipped when a warning names its caller...
+_INTERNAL_MODULES = ("lume_scheduling.application.", "lume_scheduling.adapters.")
+# ...except these, which call the port as any user does.
+_CALLER_MODULES = ("lume_scheduling.adapters.testing.",)
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,7 @@ def resolve_run_config(
             f"both run_config and keyword arguments ({', '.join(sorted(kwargs))}) were "
             f"passed to {caller}(); the flow runs with run_config",
             UserWarning,
-            stacklevel=4,
+            stacklevel=_caller_stacklevel(),
         )
     if run_config is None:
         return run_config_type(**kwargs)
@@ -123,6 +129,24 @@ def resolve_run_config(
         # Another kind: revalidate its fields, so the error names what does not fit.
         return run_config_type.parse_obj(run_config.dict(exclude_unset=True))
     return run_config_type.parse_obj(run_config)
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning issued by the function calling this
+    one name the first frame outside lume-scheduling's service and adapters.
+
+    A fixed level would name an adapter whenever it overrides a public method
+    and delegates to ``super()``, or the service when a caller goes through it.
+    """
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None:
+        module = frame.f_globals.get("__name__", "")
+        if not module.startswith(_INTERNAL_MODULES) or module.startswith(_CALLER_MODULES):
+            break
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def check_parameters(parameters: Optional[Mapping[str, Any]], argument: str = "parameters") -> Dict[str, Any]:

@@ -149,8 +149,9 @@ class TaskNotCompletedError(SchedulingError):
         self.flow_run_id = flow_run_id
         self.state = state
         ended = f" (its state is {state})" if state else ""
+        which = f"task {task_slug!r}" if task_slug is not None else "a task"
         super().__init__(
-            f"task {task_slug!r} did not complete{ended}"
+            f"{which} did not complete{ended}"
             + _describe(flow_id=flow_id, flow_run_id=flow_run_id)
         )
 
@@ -180,8 +181,9 @@ class TaskNotInFlowError(SchedulingError):
         known = (
             f"; tasks are: {', '.join(self.available)}" if self.available else ""
         )
+        asked = f"named {task_name!r}" if task_name is not None else "with that name"
         super().__init__(
-            f"no task named {task_name!r} in the flow run{where}"
+            f"no task {asked} in the flow run{where}"
             + _describe(project_name=project_name)
             + known
         )
@@ -255,8 +257,12 @@ class FlowNotFoundError(SchedulingError):
         self.flow_id = flow_id
         if flow_id is not None:
             what = f"no flow with id {flow_id!r}"
+        elif flow_name is None and project_name is None:
+            what = "no such flow"
         else:
-            what = f"no flow named {flow_name!r} in project {project_name!r}"
+            named = f" named {flow_name!r}" if flow_name is not None else ""
+            where = f" in project {project_name!r}" if project_name is not None else ""
+            what = f"no flow{named}{where}"
         super().__init__(what)
 
 
@@ -269,7 +275,9 @@ class FlowRunNotFoundError(SchedulingError):
 
     def __init__(self, flow_run_id: Optional[str] = None) -> None:
         self.flow_run_id = flow_run_id
-        super().__init__(f"no flow run with id {flow_run_id!r}")
+        super().__init__(
+            f"no flow run with id {flow_run_id!r}" if flow_run_id is not None else "no such flow run"
+        )
 
 
 class BackendUnavailableError(SchedulingError):

@@ -240,6 +240,8 @@ def as_timedelta(timeout: Optional[object], argument: str = "timeout") -> Option
     elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
         if timeout != timeout or timeout in (float("inf"), float("-inf")):
             raise ValueError(f"{argument} must be a finite number of seconds, not {timeout!r}")
+        if timeout < 0:
+            raise ValueError(f"{argument} cannot be negative, got {timeout!r} s")
         try:
             delta = timedelta(seconds=timeout)
         except OverflowError:

@@ -318,7 +318,8 @@ class RunContract(BackendFixtures):
     def test_parameters_that_are_not_a_mapping_are_refused(
         self, backend: Backend, target: FlowTargets
     ) -> None:
-        with pytest.raises(TypeError, match="parameters"):
+        # The local backend names this argument `data`, as the seed does.
+        with pytest.raises(TypeError, match="must be a mapping"):
             backend.run_and_return([("x", 1)], **target(flows.arithmetic_flow))
 
 
@@ -437,6 +438,19 @@ class RunErrorContract(BackendFixtures):
             getattr(backend, operation)(flow_run_id)
         assert raised.value.flow_run_id == flow_run_id
 
+    def test_bad_time_outs_and_empty_ids_are_refused_by_name(
+        self, backend: Backend, target: FlowTargets
+    ) -> None:
+        flow_run_id = backend.submit({}, **target(flows.arithmetic_flow))
+        with pytest.raises(ValueError, match="timeout"):
+            backend.wait(flow_run_id, timeout=-1)
+        with pytest.raises(TypeError, match="timeout"):
+            backend.wait(flow_run_id, timeout="soon")
+        with pytest.raises(ValueError, match="flow_run_id"):
+            backend.get_state("")
+        assert _settle(backend, flow_run_id) is FlowRunState.SUCCESS
+
+
 class LifecycleContract(BackendFixtures):
     """submit -> get_state -> wait -> result, on any backend."""
 
@@ -490,6 +504,12 @@ class LifecycleContract(BackendFixtures):
             thread.join(SETTLE_SECONDS)
         assert not errors
         assert results == {x: x + 1 for x in range(4)}
+
+
+    def test_close_is_idempotent(self, backend: Backend, target: FlowTargets) -> None:
+        assert backend.run_and_return({}, task_name="add", **target(flows.arithmetic_flow)) == 3
+        backend.close()
+        backend.close()
 
 
 class TimeoutAndCancelContract(BackendFixtures):
@@ -653,11 +673,15 @@ class RunConfigContract(BackendFixtures):
     ) -> None:
         run_config = backend.run_config_type(**run_config_fields)
         flow = target(flows.arithmetic_flow)
-        with pytest.warns(UserWarning, match="run_config"):
+        with pytest.warns(UserWarning, match="run_config") as record:
             result = backend.run_and_return(
                 {"x": 5, "y": 7}, run_config, "add", labels=["from-kwargs"], **flow
             )
         assert result == 12
+        # The warning names the caller's line, not the adapter's own layer.
+        assert [warning.filename for warning in record if "run_config" in str(warning.message)] == [
+            __file__
+        ]
         (request,) = submissions
         assert request.run_config == run_config
         assert "from-kwargs" not in request.run_config.labels
