@@ -331,7 +331,9 @@ def parse_document(text: str, suffix: str, source: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise SettingsError(source, [("", f"is not valid YAML: {_yaml_problem(err)}")]) from err
+        problem = _yaml_problem(err)
+    # Not chained: PyYAML's own message quotes the offending line, which may hold a key.
+    raise SettingsError(source, [("", f"is not valid YAML: {problem}")])
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:

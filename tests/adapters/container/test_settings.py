@@ -199,10 +199,13 @@ class TestSecrets:
         assert settings.public_dict()["server"]["api_key"] == "**********"
 
     def test_an_error_elsewhere_in_a_file_with_a_key_does_not_echo_the_key(self, tmp_path: Path) -> None:
-        file = write(tmp_path / "s.yaml", f"server:\n  api_key: {SECRET}\n  api_url: nope\n  port: [\n")
+        # An unterminated quote: PyYAML's own message would quote this very line.
+        file = write(tmp_path / "s.yaml", f'server:\n  api_key: "{SECRET}\n  api_url: nope\n')
         with pytest.raises(SettingsError) as caught:
             load_settings(file, environ={})
         assert SECRET not in str(caught.value)
+        # Not even in a --debug traceback: PyYAML's message (which quotes the line) is not chained.
+        assert caught.value.__cause__ is None and caught.value.__context__ is None
         file = write(tmp_path / "t.yaml", f"server:\n  api_key: {SECRET}\n  api_url: nope\n")
         with pytest.raises(SettingsError) as caught:
             load_settings(file, environ={})
