@@ -113,6 +113,11 @@ class TestLifetimes:
         container.shutdown_resources()
         assert closed == [backend, replacement]
 
+    def test_the_container_is_a_public_name_of_the_adapters(self) -> None:
+        import lume_scheduling.adapters as adapters
+
+        assert adapters.Container is Container
+
     def test_no_module_level_container_exists(self) -> None:
         assert not any(
             isinstance(value, (containers.Container, providers.Provider))
