@@ -20,10 +20,12 @@ one line each (the traceback only with ``--debug``). Exit codes:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import sys
@@ -32,7 +34,7 @@ import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import click
 from pydantic import ValidationError
@@ -68,6 +70,8 @@ EXIT_NOT_FOUND = 6
 EXIT_INTERRUPTED = 130
 
 DEFAULT_FLOW_ATTRIBUTE = "flow"
+# Backends log under this name (e.g. a server run's own log lines).
+LOGGER_NAME = "lume_scheduling"
 SERVER_KINDS = ("docker", "kubernetes")
 MASK = "**********"
 # How often `run` looks at the state while it waits, to report changes.
@@ -620,9 +624,34 @@ def validate_config(file: str) -> None:
 # ----------------------------------------------------------------- entry point
 
 
+@contextlib.contextmanager
+def _backend_logs_to_stderr(state: CliState) -> Iterator[None]:
+    """Show what backends log (a server run's own log lines, warnings) on stderr while
+    a command runs; only warnings and errors with --quiet. Undone afterwards."""
+    logger = logging.getLogger(LOGGER_NAME)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    # --quiet is known once the global options are parsed: the filter asks then.
+    handler.addFilter(lambda record: record.levelno >= logging.WARNING or not state.quiet)
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """The console script: run the command line and exit with its code (see the module docstring)."""
     state = CliState()
+    with _backend_logs_to_stderr(state):
+        _main(state, argv)
+
+
+def _main(state: CliState, argv: Optional[Sequence[str]]) -> None:
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name=PROG, standalone_mode=False, obj=state)
     except click.exceptions.Exit as done:

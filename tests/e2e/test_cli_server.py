@@ -82,6 +82,8 @@ class TestServerCommands:
         (line,) = done.error_lines
         assert "did not finish within 2 s; it was cancelled" in line
         assert "registered flow 'hanging' in project 'lume'" in done.err
+        # The run's own log lines, read from the server, are shown as they come.
+        assert "] Beginning Flow run for 'hanging'" in done.err
 
     def test_unknown_run_ids_are_not_found(self, lume: Any, server: Path) -> None:
         done = lume("--config", str(server), "cancel", "00000000-0000-0000-0000-000000000000")

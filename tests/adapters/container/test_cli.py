@@ -7,6 +7,7 @@ The installed console script itself is driven in ``tests/e2e``.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -208,6 +209,29 @@ class TestExitCodes:
         code, lines = cli.classify(caught.value)
         assert code == cli.EXIT_USAGE
         assert [line.split(":")[1].strip() for line in lines] == ["labels", "colour"]
+
+
+class TestBackendLogs:
+    def test_backend_log_lines_reach_stderr_and_quiet_keeps_only_warnings(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        logger = logging.getLogger("lume_scheduling.server")
+        parent = logging.getLogger("lume_scheduling")
+        handlers, level = list(parent.handlers), parent.level
+        state = cli.CliState()
+        with cli._backend_logs_to_stderr(state):
+            logger.info("[flow run r] Beginning Flow run")
+            state.quiet = True
+            logger.info("[flow run r] hidden with --quiet")
+            logger.warning("no agent polls for labels ['gpu']")
+        logger.warning("after the command: not ours to show")
+        err = capsys.readouterr().err
+        assert err.splitlines()[:2] == [
+            "lume-scheduling: [flow run r] Beginning Flow run",
+            "lume-scheduling: no agent polls for labels ['gpu']",
+        ]
+        assert "hidden" not in err
+        assert (parent.handlers, parent.level) == (handlers, level)
 
 
 class TestCommandsOnTheFake:
