@@ -559,7 +559,13 @@ def status(state: CliState, flow_run_id: str) -> None:
 @cli.command()
 @click.argument("flow_run_id")
 @_task_option
-@_timeout_option
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Give up after this many seconds (exit code 4; the run goes on); default: wait.",
+)
 @pass_state
 def result(state: CliState, flow_run_id: str, task_name: Optional[str], timeout: Optional[float]) -> None:
     """Wait for a flow run and print its result as JSON (server backends)."""
