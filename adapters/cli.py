@@ -212,7 +212,11 @@ def _load_file_module(path: Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     # In sys.modules while it runs (dataclasses and pickling look it up there).
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     import cloudpickle
 
     # Worker processes cannot import this module by name: send its code instead.

@@ -146,6 +146,7 @@ class TestFlowLoading:
         broken.write_text("raise RuntimeError('no database')\n", encoding="utf-8")
         with pytest.raises(cli.CliError, match="RuntimeError: no database"):
             cli.load_flow(str(broken))
+        assert not [name for name in sys.modules if name.startswith("_lume_scheduling_flow_broken")]
 
 
 class TestRunConfigFiles:
