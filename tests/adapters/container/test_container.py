@@ -79,6 +79,17 @@ class TestBackendSelection:
         finally:
             container.shutdown_resources()
 
+    def test_an_unconfigured_container_builds_the_isolated_local_backend(self) -> None:
+        from lume_scheduling.adapters.local import LocalBackend
+
+        container = Container()
+        try:
+            backend = container.backend()
+            assert isinstance(backend, LocalBackend)
+            assert backend.capabilities.isolation is True
+        finally:
+            container.shutdown_resources()
+
     def test_the_kind_comes_from_the_config_provider(self) -> None:
         container = Container()
         container.config.from_dict({"backend": "fake", "fake": {"server": True}})
