@@ -372,7 +372,8 @@ class Backend(ABC):
                 `lume_scheduling.domain.select_task_result`.
             FlowRunNotFoundError: Unknown id.
         """
-        record = self.get_result(flow_run_id, timeout=timeout)
+        self.wait(flow_run_id, timeout)
+        record = self._get_task_result(flow_run_id, task_name)
         failure = record.failure()
         if failure is not None:
             raise failure
@@ -540,3 +541,12 @@ class Backend(ABC):
     @abstractmethod
     def _cancel(self, flow_run_id: str) -> bool:
         """Stop the run if it is not final; True if it was stopped."""
+
+    def _get_task_result(self, flow_run_id: str, task_name: Optional[str]) -> FlowRunResult:
+        """The record of a run known to be final, for selecting ``task_name``.
+
+        Values must be present for the task runs ``task_name`` selects (all of them
+        when None); others may be left None, so a backend that reads values from
+        remote storage reads only those. Default: `_get_result`.
+        """
+        return self._get_result(flow_run_id)

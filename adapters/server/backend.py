@@ -1,0 +1,764 @@
+"""`ServerBackend`, `DockerBackend`, `KubernetesBackend`: flows run by the Docker or
+Kubernetes agents of a Prefect 1 Server.
+
+Every backend talks to its server through its own `ServerClient`; prefect's global
+config and context are never changed and nothing is written under the user's home,
+so two backends pointed at two servers work side by side. Prefect and requests
+errors are translated into `lume_scheduling.domain` errors at this boundary.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import logging
+import re
+import sys
+import threading
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, ClassVar, Dict, Iterator, List, Mapping, Optional, Set, Tuple, Type, Union
+
+import prefect
+from prefect.engine import state as prefect_state
+from prefect.exceptions import AuthorizationError, ClientError
+from prefect.storage import Module
+
+from lume_scheduling.application.ports import Backend, BackendCapabilities, FlowRunRequest
+from lume_scheduling.domain import (
+    BackendUnavailableError,
+    DockerRunConfig,
+    FlowNotFoundError,
+    FlowRunNotFoundError,
+    FlowRunResult,
+    FlowRunState,
+    KubernetesRunConfig,
+    RunConfig,
+    SchedulingError,
+    TaskRun,
+    TaskRunState,
+)
+from lume_scheduling.domain.image import image_reference_problem
+
+from ..prefect_flows import is_prefect_flow, task_run_state
+from .client import ServerClient, graphql_message
+from .config import PrefectServerConfig
+from .run_configs import describe, to_prefect_run_config
+
+logger = logging.getLogger("lume_scheduling.server")
+
+PROJECT_ENV = "PREFECT__CONTEXT__PROJECT_NAME"
+_TRACKED_RUNS = 512
+_NOT_A_UUID = "invalid input syntax for type uuid"
+# Messages of Prefect Server (zombie killer, Lazarus) and agents when the process
+# running a flow died: the run did not fail on its own, it crashed.
+_CRASH_MARKERS = (
+    "no heartbeat detected",
+    "lazarus process",
+    "kubernetes error",
+    "container exited",
+)
+# Flow run states after which nothing changes (the server's `flow_run.state` column).
+_FINAL_STATES = ["Success", "Failed", "Cancelled", "TimedOut", "Finished", "Skipped", "TriggerFailed"]
+_RUN_FIELDS = "id flow_id serialized_state flow { name project { name } }"
+_TASK_RUN_FIELDS = "id map_index serialized_state task { slug name }"
+_TASK_ERROR = re.compile(r"Error during execution of task: (?P<type>[A-Za-z_][\w.]*)\((?P<args>.*)\)\s*$", re.S)
+
+Timeout = Union[timedelta, float, int, None]
+
+
+def flow_run_state(state: prefect_state.State) -> FlowRunState:
+    """The domain state of a flow run's Prefect state, as a Prefect Server reports it.
+
+    Cancelled is not Failed in Prefect 1 (it is Finished); Cancelling is still
+    running; a Failed state written by the server because the run's process died
+    (lost heartbeat, Lazarus, agent errors) is CRASHED.
+    """
+    if isinstance(state, prefect_state.Cancelled):
+        return FlowRunState.CANCELLED
+    if isinstance(state, prefect_state.Success):
+        return FlowRunState.SUCCESS
+    if isinstance(state, prefect_state.TimedOut):
+        return FlowRunState.TIMED_OUT
+    if isinstance(state, prefect_state.Failed):
+        message = str(state.message or "").lower()
+        if any(marker in message for marker in _CRASH_MARKERS):
+            return FlowRunState.CRASHED
+        return FlowRunState.FAILED
+    if isinstance(state, prefect_state.Finished):
+        return FlowRunState.FAILED
+    if isinstance(state, prefect_state.Running):  # Cancelling included
+        return FlowRunState.RUNNING
+    return FlowRunState.SCHEDULED
+
+
+def _deserialize(serialized: Optional[Mapping[str, Any]]) -> prefect_state.State:
+    if not serialized:
+        return prefect_state.Scheduled(message="no state yet")
+    return prefect_state.State.deserialize(dict(serialized))
+
+
+@dataclass
+class _Tracked:
+    """What this backend remembers of one flow run (bounded, per backend)."""
+
+    flow_id: Optional[str] = None
+    final: Optional[FlowRunState] = None
+    log_since: Optional[str] = None
+    log_ids: Set[str] = field(default_factory=set)
+    agent_checked: bool = False
+    final_run: Optional[Dict[str, Any]] = None
+    created: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class _FlowInfo:
+    flow_id: str
+    name: str
+    project_name: str
+    image: Optional[str] = None
+
+
+class ServerBackend(Backend):
+    """A backend whose flows run on a Prefect 1 Server's agents.
+
+    Args:
+        config: The server and the polling settings; None is the default
+            `PrefectServerConfig` (a server on localhost:4200).
+
+    Subclasses set `run_config_type` (`DockerBackend`, `KubernetesBackend`).
+    """
+
+    run_config_type: ClassVar[Type[RunConfig]] = RunConfig
+
+    def __init__(self, config: Optional[PrefectServerConfig] = None) -> None:
+        if config is None:
+            config = PrefectServerConfig()
+        if not isinstance(config, PrefectServerConfig):
+            raise TypeError(f"config must be a PrefectServerConfig, not {type(config).__name__}")
+        self._config = config
+        self._client = ServerClient(config)
+        self._lock = threading.Lock()
+        self._flows: Dict[str, _FlowInfo] = {}
+        self._tracked: "OrderedDict[str, _Tracked]" = OrderedDict()
+
+    @property
+    def config(self) -> PrefectServerConfig:
+        """The connection settings (the API key stays a SecretStr)."""
+        return self._config
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        return BackendCapabilities(server=True, cancel=True, timeout=True, isolation=True)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(api_url={self._config.api_url!r})"
+
+    @property
+    def requests_sent(self) -> int:
+        """HTTP requests this backend's client has sent (retries included)."""
+        return self._client.requests_sent
+
+    # ------------------------------------------------------------- seed methods
+
+    def run(  # type: ignore[override]
+        self,
+        parameters: Optional[Mapping[str, Any]] = None,
+        run_config: Union[RunConfig, Mapping[str, Any], None] = None,
+        *,
+        flow_id: str,
+        **kwargs: Any,
+    ) -> Optional[str]:
+        """Create a flow run of a registered flow and return its id at once.
+
+        See `Backend.run`; ``flow_id`` is required, as in the seed.
+        """
+        return super().run(parameters, run_config, flow_id=flow_id, **kwargs)
+
+    def run_and_return(  # type: ignore[override]
+        self,
+        parameters: Optional[Mapping[str, Any]] = None,
+        run_config: Union[RunConfig, Mapping[str, Any], None] = None,
+        task_name: Optional[str] = None,
+        *,
+        flow_id: str,
+        timeout: Timeout = timedelta(minutes=1),
+        cancel_on_timeout: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """Run a registered flow, follow it, and return its result.
+
+        See `Backend.run_and_return`; the time-out defaults to one minute, as in
+        the seed. The run's logs go to the ``lume_scheduling.server`` logger.
+        """
+        return super().run_and_return(
+            parameters,
+            run_config,
+            task_name,
+            flow_id=flow_id,
+            timeout=timeout,
+            cancel_on_timeout=cancel_on_timeout,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------- server operations
+
+    def _create_project(self, project_name: str) -> None:
+        with self._translated("create_project"):
+            self._client.create_project(project_name=project_name)
+
+    def _register_flow(self, flow: Any, project_name: str, **options: Any) -> str:
+        if not is_prefect_flow(flow):
+            raise TypeError(f"flow must be a Prefect 1 Flow, not {type(flow).__name__}")
+        image = options.get("image") or self._config.default_image
+        if not image:
+            raise ValueError(
+                "image is required: pass image= to register_flow or set "
+                "PrefectServerConfig.default_image"
+            )
+        problem = image_reference_problem(image) if isinstance(image, str) else "it is not a string"
+        if problem:
+            raise ValueError(f"image {image!r} is not a valid Docker image reference: {problem}")
+        labels = options.get("labels")
+        fields: Dict[str, Any] = {"image": image}
+        if labels is not None:
+            fields["labels"] = labels
+        run_config = self.run_config_type(**fields)
+
+        registered = flow.copy()  # the caller's flow keeps its storage and run config
+        registered.storage = _storage_copy(flow.storage) if flow.storage is not None else _module_storage(flow)
+        registered.run_config = to_prefect_run_config(run_config)
+        if registered.result is None:
+            logger.warning(
+                "flow %r has no result: a Prefect agent keeps no task values of it "
+                "(set result=PrefectResult() on the flow to read them back)",
+                flow.name,
+            )
+        with self._translated("register_flow"):
+            try:
+                flow_id = self._client.register(
+                    registered,
+                    project_name=project_name,
+                    build=options.get("build", True),
+                    set_schedule_active=options.get("set_schedule_active", True),
+                    version_group_id=options.get("version_group_id"),
+                    no_url=True,
+                    idempotency_key=options.get("idempotency_key"),
+                )
+            except ValueError as err:
+                if "not found" in str(err).lower():
+                    raise ValueError(
+                        f"project_name {project_name!r} is not a project of the server: "
+                        "create it with create_project() first"
+                    ) from err
+                raise
+        with self._lock:
+            self._flows[flow_id] = _FlowInfo(flow_id, flow.name, project_name, image)
+        logger.info(
+            "registered flow %r in project %r as %s (%s)", flow.name, project_name, flow_id, describe(run_config)
+        )
+        if not options.get("no_url", False):
+            print(self._registration_note(flow_id, project_name, sorted(run_config.labels)))
+        return str(flow_id)
+
+    def _registration_note(self, flow_id: str, project_name: str, labels: List[str]) -> str:
+        lines = ["Flow registered:", f" └── ID: {flow_id}", f" └── Project: {project_name}", f" └── Labels: {labels}"]
+        if self._config.ui_url:
+            data = self._query(
+                "query($id: uuid!) { flow_by_pk(id: $id) { flow_group_id } }", {"id": flow_id}, "register_flow"
+            )
+            group = (data.get("flow_by_pk") or {}).get("flow_group_id")
+            if group:
+                lines.insert(1, f" └── URL: {self._config.ui_url.rstrip('/')}/default/flow/{group}")
+        return "\n".join(lines)
+
+    def _load_flow(self, flow_name: str, project_name: str) -> Dict[str, Any]:
+        data = self._query(
+            """query($name: String!, $project: String!) {
+                 flow(where: {name: {_eq: $name}, archived: {_eq: false}, project: {name: {_eq: $project}}},
+                      order_by: {version: desc}, limit: 1) {
+                   id name serialized_flow run_config project { name }
+                 }
+               }""",
+            {"name": flow_name, "project": project_name},
+            "load_flow",
+        )
+        flows = data.get("flow") or []
+        if not flows:
+            raise FlowNotFoundError(flow_name, project_name)
+        found = flows[0]
+        try:
+            loaded = prefect.serialization.flow.FlowSchema().load(found["serialized_flow"])
+        except Exception as err:  # marshmallow raises several types for a bad document
+            raise BackendUnavailableError(
+                self._config.api_url, f"flow {flow_name!r} cannot be deserialized: {err}"
+            ) from err
+        with self._lock:
+            self._flows[found["id"]] = _FlowInfo(
+                found["id"], found["name"], project_name, (found.get("run_config") or {}).get("image")
+            )
+        return {"flow_id": found["id"], "flow": loaded}
+
+    # ---------------------------------------------------------------- flow runs
+
+    def _submit(self, request: FlowRunRequest) -> str:
+        assert request.flow_id is not None
+        info = self._flow_info(request.flow_id)
+        config = request.run_config
+        # The project name travels in env; the caller's own value wins.
+        env = {PROJECT_ENV: info.project_name, **(config.env or {})}
+        prefect_run_config = to_prefect_run_config(config, env=env)
+        with self._translated("run", flow_id=request.flow_id):
+            flow_run_id = self._client.create_flow_run(
+                flow_id=request.flow_id,
+                parameters=dict(request.parameters),
+                run_config=prefect_run_config,
+            )
+        tracked = self._track(flow_run_id)
+        tracked.flow_id = request.flow_id
+        tracked.created = time.monotonic()
+        logger.info(
+            "created flow run %s of flow %r (%s) with %s",
+            flow_run_id,
+            info.name,
+            request.flow_id,
+            describe(config),
+            extra={"flow_run_id": flow_run_id},
+        )
+        return str(flow_run_id)
+
+    def _get_state(self, flow_run_id: str) -> FlowRunState:
+        known = self._known_final(flow_run_id)
+        if known is not None:
+            return known
+        data = self._query(
+            "query($id: uuid!) { flow_run_by_pk(id: $id) { serialized_state } }",
+            {"id": flow_run_id},
+            "get_state",
+            flow_run_id=flow_run_id,
+        )
+        run = data.get("flow_run_by_pk")
+        if run is None:
+            raise FlowRunNotFoundError(flow_run_id)
+        return self._remember(flow_run_id, flow_run_state(_deserialize(run.get("serialized_state"))))
+
+    def _wait(self, flow_run_id: str, timeout: Optional[float]) -> FlowRunState:
+        """Poll with exponential back-off until the run has ended or ``timeout`` passes.
+
+        The first query waits ``poll_interval`` after the run was created (it is
+        scheduled until then); each following interval is ``poll_backoff`` times
+        longer, up to ``poll_max_interval``; the last query is made at the deadline.
+        """
+        known = self._known_final(flow_run_id)
+        if known is not None:
+            return known
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
+        tracked = self._track(flow_run_id)
+        interval = self._config.poll_interval
+        next_poll = start if tracked.created is None else max(start, tracked.created + interval)
+        tracked.created = None
+        while True:
+            if deadline is not None:
+                next_poll = min(next_poll, deadline)
+            pause = next_poll - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            state, labels = self._poll(flow_run_id)
+            if state.is_final:
+                return state
+            now = time.monotonic()
+            if state is FlowRunState.SCHEDULED:
+                self._maybe_check_agents(flow_run_id, labels, now - start)
+            if deadline is not None and now >= deadline:
+                return state
+            interval = min(interval * self._config.poll_backoff, self._config.poll_max_interval)
+            next_poll = now + interval
+
+    def _poll(self, flow_run_id: str) -> Tuple[FlowRunState, List[str]]:
+        """One query: the run's state, the logs written since the last poll and, if
+        (and only if) the run has ended, its first page of task runs.
+
+        The task runs are filtered on the run's own state on the server, so a
+        running run costs nothing extra and the query that sees the end also
+        brings the results: no second query for them.
+        """
+        tracked = self._track(flow_run_id)
+        since = tracked.log_since
+        where = "(where: {timestamp: {_gte: $since}}, order_by: {timestamp: asc})" if since else "(order_by: {timestamp: asc})"
+        declared = "$id: uuid!, $limit: Int!, $final: [String!]" + (", $since: timestamptz" if since else "")
+        variables: Dict[str, Any] = {"id": flow_run_id, "limit": self._config.task_run_page_size, "final": _FINAL_STATES}
+        if since:
+            variables["since"] = since
+        data = self._query(
+            f"query({declared}) {{ flow_run_by_pk(id: $id) {{ {_RUN_FIELDS} labels "
+            f"logs{where} {{ id timestamp level message }} "
+            f"task_runs(where: {{flow_run: {{state: {{_in: $final}}}}}}, order_by: {{id: asc}}, limit: $limit) "
+            f"{{ {_TASK_RUN_FIELDS} }} }} }}",
+            variables,
+            "wait",
+            flow_run_id=flow_run_id,
+        )
+        run = data.get("flow_run_by_pk")
+        if run is None:
+            raise FlowRunNotFoundError(flow_run_id)
+        self._stream_logs(flow_run_id, tracked, run.get("logs") or [])
+        state = flow_run_state(_deserialize(run.get("serialized_state")))
+        if state.is_final:
+            tracked.final_run = run  # read once by the result that follows
+        return self._remember(flow_run_id, state), list(run.get("labels") or [])
+
+    def _stream_logs(self, flow_run_id: str, tracked: _Tracked, logs: List[Mapping[str, Any]]) -> None:
+        for entry in logs:
+            log_id = str(entry.get("id"))
+            if log_id in tracked.log_ids:
+                continue
+            timestamp = entry.get("timestamp")
+            if timestamp != tracked.log_since:
+                tracked.log_ids.clear()  # ids are only needed for the newest timestamp
+            tracked.log_ids.add(log_id)
+            tracked.log_since = timestamp
+            level = logging.getLevelName(str(entry.get("level") or "INFO").upper())
+            logger.log(
+                level if isinstance(level, int) else logging.INFO,
+                "[flow run %s] %s",
+                flow_run_id,
+                entry.get("message"),
+                extra={"flow_run_id": flow_run_id},
+            )
+
+    def _maybe_check_agents(self, flow_run_id: str, labels: List[str], waited: float) -> None:
+        after = self._config.agent_check_after
+        tracked = self._track(flow_run_id)
+        if after is None or tracked.agent_checked or waited < after:
+            return
+        tracked.agent_checked = True
+        data = self._query("query { agent { id name labels last_queried } }", {}, "wait")
+        wanted = set(labels)
+        matching = [
+            agent for agent in data.get("agent") or []
+            if agent.get("last_queried") and wanted.issubset(set(agent.get("labels") or []))
+        ]
+        if not matching:
+            logger.warning(
+                "flow run %s has waited %.0f s and no agent with labels %s has polled the "
+                "server: start a Docker or Kubernetes agent with these labels",
+                flow_run_id,
+                waited,
+                sorted(wanted),
+                extra={"flow_run_id": flow_run_id},
+            )
+
+    def _get_result(self, flow_run_id: str) -> FlowRunResult:
+        return self._read_result(flow_run_id, None, load_all=True)
+
+    def _get_task_result(self, flow_run_id: str, task_name: Optional[str]) -> FlowRunResult:
+        return self._read_result(flow_run_id, task_name, load_all=task_name is None)
+
+    def _read_result(self, flow_run_id: str, task_name: Optional[str], *, load_all: bool) -> FlowRunResult:
+        """One query for the run and its first page of task runs; more pages if needed.
+
+        Values are read from the result locations only for the task runs that
+        ``task_name`` selects (all of them when ``load_all``).
+        """
+        size = self._config.task_run_page_size
+        tracked = self._track(flow_run_id)
+        with self._lock:
+            run, tracked.final_run = tracked.final_run, None
+        if run is None:
+            data = self._query(
+                f"query($id: uuid!, $limit: Int!) {{ flow_run_by_pk(id: $id) {{ {_RUN_FIELDS} "
+                f"task_runs(order_by: {{id: asc}}, limit: $limit) {{ {_TASK_RUN_FIELDS} }} }} }}",
+                {"id": flow_run_id, "limit": size},
+                "get_result",
+                flow_run_id=flow_run_id,
+            )
+            run = data.get("flow_run_by_pk")
+            if run is None:
+                raise FlowRunNotFoundError(flow_run_id)
+        rows = list(run.get("task_runs") or [])
+        page = rows
+        while len(page) == size:
+            more = self._query(
+                "query($id: uuid!, $limit: Int!, $offset: Int!) { task_run(where: {flow_run_id: {_eq: $id}}, "
+                f"order_by: {{id: asc}}, limit: $limit, offset: $offset) {{ {_TASK_RUN_FIELDS} }} }}",
+                {"id": flow_run_id, "limit": size, "offset": len(rows)},
+                "get_result",
+                flow_run_id=flow_run_id,
+            )
+            page = list(more.get("task_run") or [])
+            rows.extend(page)
+        flow_state = _deserialize(run.get("serialized_state"))
+        state = self._remember(flow_run_id, flow_run_state(flow_state))
+        flow = run.get("flow") or {}
+        task_runs = _task_runs(rows, task_name, load_all)
+        message = None if flow_state.message is None else str(flow_state.message)
+        exception_type = None
+        if state is not FlowRunState.SUCCESS:
+            cause = _root_failure(task_runs)
+            if cause is not None:
+                exception_type, message = cause
+        return FlowRunResult(
+            flow_run_id=flow_run_id,
+            flow_id=run.get("flow_id"),
+            state=state,
+            task_runs=tuple(task_runs),
+            message=message,
+            flow_name=flow.get("name"),
+            project_name=(flow.get("project") or {}).get("name"),
+            exception_type=exception_type,
+        )
+
+    def _cancel(self, flow_run_id: str) -> bool:
+        if self._get_state(flow_run_id).is_final:
+            return False
+        with self._translated("cancel", flow_run_id=flow_run_id):
+            self._client.cancel_flow_run(flow_run_id=flow_run_id)
+        logger.info("cancelling flow run %s", flow_run_id, extra={"flow_run_id": flow_run_id})
+        # The agent stops the run and writes Cancelled; wait for it, within reason.
+        state = self._wait(flow_run_id, self._config.cancel_timeout)
+        if state.is_final:
+            return state is FlowRunState.CANCELLED
+        return True
+
+    # ------------------------------------------------------------ shared helpers
+
+    def _request(
+        self,
+        parameters: Optional[Mapping[str, Any]],
+        run_config: Union[RunConfig, Mapping[str, Any], None],
+        flow: Any,
+        flow_id: Optional[str],
+        kwargs: Mapping[str, Any],
+        caller: str,
+    ) -> FlowRunRequest:
+        """As `Backend._request`, but a run config built from keyword arguments
+        without ``image`` gets the image the flow was registered with (else
+        ``default_image``): the seed's ``run(flow_id=...)`` needs no image.
+        """
+        self._check_target(flow, flow_id)  # a TypeError before any query
+        if run_config is None and "image" not in kwargs and flow_id is not None:
+            image = self._flow_info(flow_id).image or self._config.default_image
+            if image is not None:
+                kwargs = {**kwargs, "image": image}
+        return super()._request(parameters, run_config, flow, flow_id, kwargs, caller)
+
+    def _flow_info(self, flow_id: str) -> _FlowInfo:
+        with self._lock:
+            known = self._flows.get(flow_id)
+        if known is not None:
+            return known
+        data = self._query(
+            "query($id: uuid!) { flow_by_pk(id: $id) { id name run_config project { name } } }",
+            {"id": flow_id},
+            "run",
+            flow_id=flow_id,
+        )
+        found = data.get("flow_by_pk")
+        if found is None:
+            raise FlowNotFoundError(flow_id=flow_id)
+        info = _FlowInfo(
+            flow_id,
+            found["name"],
+            (found.get("project") or {}).get("name", ""),
+            (found.get("run_config") or {}).get("image"),
+        )
+        with self._lock:
+            self._flows[flow_id] = info
+        return info
+
+    def _track(self, flow_run_id: str) -> _Tracked:
+        with self._lock:
+            tracked = self._tracked.get(flow_run_id)
+            if tracked is None:
+                tracked = self._tracked[flow_run_id] = _Tracked()
+                while len(self._tracked) > _TRACKED_RUNS:
+                    self._tracked.popitem(last=False)
+            return tracked
+
+    def _known_final(self, flow_run_id: str) -> Optional[FlowRunState]:
+        with self._lock:
+            tracked = self._tracked.get(flow_run_id)
+            return None if tracked is None else tracked.final
+
+    def _remember(self, flow_run_id: str, state: FlowRunState) -> FlowRunState:
+        if state.is_final:
+            # A final state never changes: later waits and state queries cost nothing.
+            self._track(flow_run_id).final = state
+        return state
+
+    def _query(
+        self,
+        query: str,
+        variables: Mapping[str, Any],
+        operation: str,
+        *,
+        flow_id: Optional[str] = None,
+        flow_run_id: Optional[str] = None,
+    ) -> Dict[str, Any]:
+        with self._translated(operation, flow_id=flow_id, flow_run_id=flow_run_id):
+            result = self._client.graphql(query, variables=dict(variables))
+        data = result.get("data") if hasattr(result, "get") else None
+        if data is None:
+            raise BackendUnavailableError(self._config.api_url, f"{operation}: the answer has no data")
+        return data.to_dict() if hasattr(data, "to_dict") else dict(data)
+
+    @contextmanager
+    def _translated(
+        self, operation: str, *, flow_id: Optional[str] = None, flow_run_id: Optional[str] = None
+    ) -> Iterator[None]:
+        """Turn prefect and transport errors into domain errors, with the server's words."""
+        try:
+            yield
+        except SchedulingError:
+            raise
+        except AuthorizationError as err:
+            raise BackendUnavailableError(
+                self._config.api_url, f"{operation}: not authorised: {graphql_message(err)}"
+            ) from err
+        except ClientError as err:
+            message = graphql_message(err)
+            lowered = message.lower()
+            if flow_run_id is not None and (_NOT_A_UUID in lowered or "not found" in lowered):
+                raise FlowRunNotFoundError(flow_run_id) from err
+            if flow_id is not None and (_NOT_A_UUID in lowered or "not found" in lowered):
+                raise FlowNotFoundError(flow_id=flow_id) from err
+            if "parameter" in lowered:
+                raise ValueError(f"parameters are not valid for this flow: {message}") from err
+            raise BackendUnavailableError(self._config.api_url, f"{operation}: {message}") from err
+
+
+def _storage_copy(storage: Any) -> Any:
+    """A copy of a flow's storage, so that registering does not add to the caller's."""
+    duplicate = copy.copy(storage)
+    duplicate.flows = dict(getattr(storage, "flows", {}))
+    if hasattr(storage, "_flows"):
+        duplicate._flows = dict(storage._flows)
+    return duplicate
+
+
+def _module_storage(flow: Any) -> Module:
+    """Module storage of the importable module that defines ``flow`` at top level.
+
+    Raises:
+        ValueError: No importable module holds the flow (e.g. it was built in
+            ``__main__`` or inside a function): an agent could not load it.
+    """
+    for name, module in list(sys.modules.items()):
+        # Only modules an agent can import by name (not __main__, not built in memory).
+        if module is None or name == "__main__" or getattr(module, "__spec__", None) is None:
+            continue
+        try:
+            members = vars(module)
+        except TypeError:
+            continue
+        if any(member is flow for member in list(members.values())):
+            return Module(name)
+    raise ValueError(
+        f"flow {flow.name!r} has no storage and is not a top-level name of an importable "
+        "module, so no agent could load it: define it in a module of an installed package "
+        "or give it storage (e.g. prefect.storage.Module('package.module'))"
+    )
+
+
+def _task_runs(rows: List[Mapping[str, Any]], task_name: Optional[str], load_all: bool) -> List[TaskRun]:
+    parsed = []
+    for row in rows:
+        task = row.get("task") or {}
+        index = row.get("map_index")
+        parsed.append(
+            (
+                str(task.get("slug")),
+                str(task.get("name") or task.get("slug")),
+                None if index is None or index < 0 else int(index),
+                _deserialize(row.get("serialized_state")),
+            )
+        )
+    parents = [entry for entry in parsed if entry[2] is None]
+    if load_all:
+        wanted = {entry[0] for entry in parents}
+    else:
+        by_name = {slug for slug, name, _, _ in parents if name == task_name}
+        wanted = by_name or {slug for slug, _, _, _ in parents if slug == task_name}
+    children: Dict[str, List[TaskRun]] = {}
+    runs: List[TaskRun] = []
+    for slug, name, index, state in sorted(parsed, key=lambda e: (e[0], -1 if e[2] is None else e[2])):
+        domain_state = task_run_state(state)
+        value = None
+        # A mapped parent holds no value of its own: it is built from its children.
+        if slug in wanted and domain_state is TaskRunState.SUCCESS and not isinstance(state, prefect_state.Mapped):
+            value = _value(slug, index, state)
+        run = TaskRun(slug, name, domain_state, value, index, _state_message(state))
+        if index is not None:
+            children.setdefault(slug, []).append(run)
+        runs.append(run)
+    # The parent of a mapped task: its value is the list of its children's values.
+    finished: List[TaskRun] = []
+    for run in runs:
+        kids = children.get(run.slug)
+        if run.map_index is None and kids:
+            ok = all(kid.state.is_successful for kid in kids) and run.state.is_successful
+            run = TaskRun(
+                run.slug,
+                run.name,
+                TaskRunState.SUCCESS if ok else TaskRunState.FAILED,
+                [kid.value for kid in kids] if ok and run.slug in wanted else None,
+                None,
+                run.message,
+            )
+        finished.append(run)
+    return finished
+
+
+def _value(slug: str, index: Optional[int], state: prefect_state.State) -> Any:
+    """Read a task run's value from its result location (PrefectResult, LocalResult...)."""
+    result = getattr(state, "_result", None)
+    if result is None or getattr(result, "location", None) is None:
+        return None
+    try:
+        state.load_result()
+    except Exception as err:  # result backends raise anything (missing file, no credentials)
+        key = slug if index is None else f"{slug}[{index}]"
+        logger.warning("the value of task %s cannot be read from %s: %s", key, type(result).__name__, err)
+        return None
+    return state.result
+
+
+def _state_message(state: prefect_state.State) -> Optional[str]:
+    return None if state.message is None else str(state.message)
+
+
+def _root_failure(task_runs: List[TaskRun]) -> Optional[Tuple[str, str]]:
+    """(exception type, message) of the first task that failed on its own."""
+    fallback = None
+    for run in task_runs:
+        if run.state is not TaskRunState.FAILED or not run.message:
+            continue
+        match = _TASK_ERROR.search(run.message)
+        if match is None:
+            if "trigger" not in run.message.lower():
+                fallback = fallback or ("TaskFailed", f"task {run.key!r}: {run.message}")
+            continue
+        args = match.group("args")
+        try:
+            detail = ast.literal_eval(args)
+            detail = str(detail)
+        except (ValueError, SyntaxError):
+            detail = args
+        return match.group("type"), f"task {run.key!r}: {detail}"
+    return fallback
+
+
+class DockerBackend(ServerBackend):
+    """Flows run in containers started by a Prefect Docker agent (docker-compose)."""
+
+    run_config_type: ClassVar[Type[RunConfig]] = DockerRunConfig
+
+
+class KubernetesBackend(ServerBackend):
+    """Flows run as Kubernetes jobs started by a Prefect Kubernetes agent."""
+
+    run_config_type: ClassVar[Type[RunConfig]] = KubernetesRunConfig

@@ -1,0 +1,61 @@
+"""The backend contract suite on DockerBackend and KubernetesBackend.
+
+Against the emulated Prefect Server always; against a real Prefect 1 Server with
+an agent (labels ``lume-services``) when ``LUME_SCHEDULING_TEST_PREFECT_API`` is
+set to its GraphQL address (see docs/server-backends.md).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Iterator
+
+import pytest
+
+from lume_scheduling.adapters.server import DockerBackend, KubernetesBackend, PrefectServerConfig
+from lume_scheduling.adapters.testing.contract import BackendContractSuite
+
+EMULATED_IMAGE = "ghcr.io/slac-ml/lume-services:1.0"
+REAL_API = os.environ.get("LUME_SCHEDULING_TEST_PREFECT_API")
+REAL_IMAGE = os.environ.get("LUME_SCHEDULING_TEST_PREFECT_IMAGE", "prefecthq/prefect:1.4.1-python3.11")
+
+
+class TestDockerBackendContract(BackendContractSuite):
+    @pytest.fixture
+    def backend(self, emulator: Any) -> Iterator[DockerBackend]:
+        with DockerBackend(emulator.config()) as backend:
+            yield backend
+
+    @pytest.fixture
+    def run_config_fields(self) -> Dict[str, Any]:
+        return {"image": EMULATED_IMAGE}
+
+
+class TestKubernetesBackendContract(BackendContractSuite):
+    @pytest.fixture
+    def backend(self, emulator: Any) -> Iterator[KubernetesBackend]:
+        with KubernetesBackend(emulator.config()) as backend:
+            yield backend
+
+
+@pytest.mark.real_server
+@pytest.mark.skipif(
+    not REAL_API,
+    reason="set LUME_SCHEDULING_TEST_PREFECT_API to a Prefect 1 Server's GraphQL URL "
+    "(with a Docker agent labelled lume-services) to run the suite against it",
+)
+class TestDockerBackendOnARealServerContract(BackendContractSuite):
+    @pytest.fixture
+    def backend(self) -> Iterator[DockerBackend]:
+        config = PrefectServerConfig(
+            api_url=REAL_API or "http://localhost:4200/graphql",
+            default_image=REAL_IMAGE,
+            poll_interval=0.5,
+            poll_max_interval=2.0,
+        )
+        with DockerBackend(config) as backend:
+            yield backend
+
+    @pytest.fixture
+    def run_config_fields(self) -> Dict[str, Any]:
+        return {"image": REAL_IMAGE}
