@@ -91,11 +91,14 @@ class TestRunOnTheLocalBackend:
             "name": "lume",
         }
 
-    @pytest.mark.skipif(not (EXAMPLES / "hello_flow.py").exists(), reason="examples/hello_flow.py has not landed")
-    def test_the_readme_example_runs(self, lume: Any) -> None:
-        done = lume("run", "examples/hello_flow.py")
+    def test_the_readme_example_runs_with_its_logs_on_stderr(self, lume: Any) -> None:
+        done = lume("run", "examples/hello_flow.py", "-p", "name=LUME", "-p", "n=4")
         assert done.code == 0, done.err
-        json.loads(done.out)
+        assert done.out == (
+            '{"greeting-1": "Hello, LUME!", "n": 4, "name": "LUME", '
+            '"squares-1": [1, 4, 9, 16], "sum_of_squares-1": 30}\n'
+        )
+        assert "lume-scheduling: Beginning Flow run for 'hello'" in done.err
 
 
 class TestFlowRunErrors:
