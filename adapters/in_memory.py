@@ -91,7 +91,7 @@ class _FlowRun:
     flow: Any
     flow_id: Optional[str]
     project_name: Optional[str]
-    state: FlowRunState = FlowRunState.SCHEDULED
+    state: FlowRunState = FlowRunState.RUNNING  # it runs as soon as it exists
     result: Optional[FlowRunResult] = None
     ended: threading.Event = field(default_factory=threading.Event)
 
@@ -121,6 +121,11 @@ def _recorded(method: _Method) -> _Method:
 
 def _default_id() -> str:
     return str(uuid.uuid4())
+
+
+def _check_flow(flow: Any) -> None:
+    if not is_prefect_flow(flow):
+        raise TypeError(f"flow must be a Prefect 1 Flow, not {type(flow).__name__}")
 
 
 class InMemoryBackend(Backend):
@@ -183,7 +188,6 @@ class InMemoryBackend(Backend):
         self._lock = threading.Lock()
         self._depth = threading.local()
         self._calls: List[Call] = []
-        self._submitted: List[FlowRunRequest] = []
         self._projects: List[str] = []
         self._flows: Dict[Tuple[str, str], List[RegisteredFlow]] = {}
         self._flows_by_id: Dict[str, RegisteredFlow] = {}
@@ -207,6 +211,7 @@ class InMemoryBackend(Backend):
             f"run_config_type={self.run_config_type.__name__}, flows={flows}, flow_runs={runs})"
         )
 
+    @_recorded
     def close(self) -> None:
         """Cancel every run that has not ended (hanging ones), waking waiters.
 
@@ -247,7 +252,9 @@ class InMemoryBackend(Backend):
     def script_hang(self, flow_name: str) -> None:
         """Make runs of ``flow_name`` hang: they stay RUNNING until cancelled.
 
-        ``wait`` blocks up to its time-out; ``cancel`` ends the run CANCELLED.
+        ``wait`` blocks up to its time-out; ``cancel`` (or `close`) ends the run
+        CANCELLED. Like any hanging run, ``run()`` without ``server`` (which waits
+        with no time-out) then blocks until another thread cancels it.
         """
         self._script(flow_name, _Script("hang"))
 
@@ -279,7 +286,8 @@ class InMemoryBackend(Backend):
 
     @property
     def calls(self) -> List[Call]:
-        """Every call callers made, in order (a copy)."""
+        """Every call of a public operation (``close`` included) callers made,
+        in order (a copy)."""
         with self._lock:
             return list(self._calls)
 
@@ -300,7 +308,7 @@ class InMemoryBackend(Backend):
         Empty after a call rejected for invalid run configuration: nothing ran.
         """
         with self._lock:
-            return list(self._submitted)
+            return [run.request for run in self._runs.values()]
 
     @property
     def flow_run_ids(self) -> List[str]:
@@ -328,8 +336,7 @@ class InMemoryBackend(Backend):
                 self._projects.append(project_name)
 
     def _register_flow(self, flow: Any, project_name: str, **options: Any) -> str:
-        if not is_prefect_flow(flow):
-            raise TypeError(f"flow must be a Prefect 1 Flow, not {type(flow).__name__}")
+        _check_flow(flow)
         idempotency_key = options.pop("idempotency_key", None)
         with self._lock:
             self._check_available()
@@ -376,13 +383,10 @@ class InMemoryBackend(Backend):
             TypeError: Both or neither were given, ``flow_id=`` without
                 ``server``, or ``flow`` is not a Prefect flow.
         """
-        if self._capabilities.server and flow is not None and flow_id is None:
-            if not is_prefect_flow(flow):
-                raise TypeError(f"flow must be a Prefect 1 Flow, not {type(flow).__name__}")
-            return
-        super()._check_target(flow, flow_id)
-        if flow is not None and not is_prefect_flow(flow):
-            raise TypeError(f"flow must be a Prefect 1 Flow, not {type(flow).__name__}")
+        if not (self._capabilities.server and flow is not None and flow_id is None):
+            super()._check_target(flow, flow_id)
+        if flow is not None:
+            _check_flow(flow)
 
     def _submit(self, request: FlowRunRequest) -> str:
         with self._lock:
@@ -397,9 +401,7 @@ class InMemoryBackend(Backend):
             flow_run_id = self._new_id()
             run = _FlowRun(flow_run_id, request, flow, request.flow_id, project_name)
             self._runs[flow_run_id] = run
-            self._submitted.append(request)
             script = self._scripts.get(flow.name)
-            run.state = FlowRunState.RUNNING
         if script is not None and script.kind == "hang":
             return flow_run_id
         # The flow runs outside the lock: other threads keep using the backend.

@@ -73,6 +73,7 @@ __all__ = [
     "RunErrorContract",
     "TimeoutAndCancelContract",
     "DEFAULT_PROJECT_NAME",
+    "spy_on_submissions",
 ]
 
 DEFAULT_PROJECT_NAME = "lume-scheduling-contract"
@@ -81,6 +82,8 @@ SETTLE_SECONDS = 60.0
 # A time-out must return control well before the hanging flow (60 s) would end.
 PROMPT_SECONDS = 20.0
 SHORT_TIMEOUT = 0.5
+# A wait that must run out on a hanging run (nothing else depends on its length).
+WAIT_TIMEOUT = 0.2
 
 # config.stash key: {test class qualified name: (backend type, capability names)}.
 CAPABILITIES_KEY: "pytest.StashKey[Dict[str, tuple]]" = pytest.StashKey()
@@ -117,6 +120,26 @@ class FlowTargets:
                 self._project_created = True
             self._flow_ids[flow.name] = self._backend.register_flow(flow, self._project_name)
         return self._flow_ids[flow.name]
+
+
+def spy_on_submissions(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> List[FlowRunRequest]:
+    """Record every request that reaches ``backend._submit`` until ``monkeypatch`` undoes it.
+
+    The hook is wrapped on the instance, so this holds for any adapter whose
+    public methods delegate to the port (as they must).
+
+    Returns:
+        The list the requests are appended to, in order.
+    """
+    seen: List[FlowRunRequest] = []
+    submit = backend._submit
+
+    def spy(request: FlowRunRequest) -> str:
+        seen.append(request)
+        return submit(request)
+
+    monkeypatch.setattr(backend, "_submit", spy)
+    return seen
 
 
 class BackendFixtures:
@@ -156,21 +179,11 @@ class BackendFixtures:
         return FlowTargets(backend, project_name)
 
     @pytest.fixture
-    def submissions(self, backend: Backend, monkeypatch: pytest.MonkeyPatch) -> List[FlowRunRequest]:
-        """Every request that reached the adapter's ``_submit`` hook during the test.
-
-        The hook is wrapped on the instance, so this holds for any adapter whose
-        public methods delegate to the port (as they must).
-        """
-        seen: List[FlowRunRequest] = []
-        submit = backend._submit
-
-        def spy(request: FlowRunRequest) -> str:
-            seen.append(request)
-            return submit(request)
-
-        monkeypatch.setattr(backend, "_submit", spy)
-        return seen
+    def submissions(
+        self, backend: Backend, monkeypatch: pytest.MonkeyPatch
+    ) -> List[FlowRunRequest]:
+        """Every request that reached the adapter's ``_submit`` hook during the test."""
+        return spy_on_submissions(backend, monkeypatch)
 
     @pytest.fixture(autouse=True)
     def _report_capabilities(
@@ -189,8 +202,31 @@ class BackendFixtures:
         )
 
 
+def _refused_without_server(backend: Backend, operation: str, *args: Any, **kwargs: Any) -> bool:
+    """Without ``server``, check that the server operation raises `LocalBackendError`
+    naming itself, and return True (the test has nothing more to check). With
+    ``server``, return False."""
+    if backend.capabilities.server:
+        return False
+    with pytest.raises(LocalBackendError) as raised:
+        getattr(backend, operation)(*args, **kwargs)
+    assert raised.value.operation == operation
+    return True
+
+
 def _unknown_id() -> str:
     return str(uuid.uuid4())
+
+
+def _assert_still_going(backend: Backend, flow_run_id: str) -> None:
+    state = backend.get_state(flow_run_id)
+    assert not state.is_final, f"the hanging flow's run {flow_run_id} has ended: {state}"
+
+
+def _assert_cancels(backend: Backend, flow_run_id: str) -> None:
+    stopped = backend.cancel(flow_run_id)
+    state = backend.get_state(flow_run_id)
+    assert stopped is True, f"cancel({flow_run_id!r}) returned {stopped!r}; its state is {state}"
 
 
 def _settle(backend: Backend, flow_run_id: str) -> FlowRunState:
@@ -202,21 +238,26 @@ class ProjectAndFlowContract(BackendFixtures):
     """Projects and flow registration (``server``); `LocalBackendError` without."""
 
     def test_create_project_is_idempotent(self, backend: Backend, project_name: str) -> None:
-        if not backend.capabilities.server:
-            with pytest.raises(LocalBackendError) as raised:
-                backend.create_project(project_name)
-            assert raised.value.operation == "create_project"
+        if _refused_without_server(backend, "create_project", project_name):
             return
         backend.create_project(project_name)
         backend.create_project(project_name)  # a second time is not an error
         assert backend.register_flow(flows.arithmetic_flow, project_name)
 
+    def test_project_names_are_checked(self, backend: Backend) -> None:
+        unknown = f"no-such-project-{uuid.uuid4()}"
+        if _refused_without_server(backend, "register_flow", flows.arithmetic_flow, unknown):
+            return
+        with pytest.raises(ValueError, match="project_name"):
+            backend.create_project("")
+        with pytest.raises(ValueError, match="project_name"):
+            backend.register_flow(flows.arithmetic_flow, " ")
+        # The port documents ValueError for a project the server does not know.
+        with pytest.raises(ValueError):
+            backend.register_flow(flows.arithmetic_flow, unknown)
+
     def test_register_then_load_round_trip(self, backend: Backend, project_name: str) -> None:
-        if not backend.capabilities.server:
-            with pytest.raises(LocalBackendError):
-                backend.register_flow(flows.arithmetic_flow, project_name)
-            with pytest.raises(LocalBackendError):
-                backend.load_flow(flows.arithmetic_flow.name, project_name)
+        if _refused_without_server(backend, "load_flow", "arithmetic", project_name):
             return
         backend.create_project(project_name)
         flow_id = backend.register_flow(flows.arithmetic_flow, project_name)
@@ -226,10 +267,10 @@ class ProjectAndFlowContract(BackendFixtures):
         assert loaded["flow"].name == "arithmetic"
         assert backend.run_and_return({"x": 5, "y": 7}, task_name="add", flow_id=flow_id) == 12
 
-    def test_registering_again_makes_a_new_version(self, backend: Backend, project_name: str) -> None:
-        if not backend.capabilities.server:
-            with pytest.raises(LocalBackendError):
-                backend.register_flow(flows.twin_flow, project_name)
+    def test_registering_again_makes_a_new_version(
+        self, backend: Backend, project_name: str
+    ) -> None:
+        if _refused_without_server(backend, "register_flow", flows.twin_flow, project_name):
             return
         backend.create_project(project_name)
         first = backend.register_flow(flows.twin_flow, project_name)
@@ -241,9 +282,9 @@ class ProjectAndFlowContract(BackendFixtures):
         self, backend: Backend, project_name: str
     ) -> None:
         key = f"contract-{uuid.uuid4()}"
-        if not backend.capabilities.server:
-            with pytest.raises(LocalBackendError):
-                backend.register_flow(flows.empty_flow, project_name, idempotency_key=key)
+        if _refused_without_server(
+            backend, "register_flow", flows.empty_flow, project_name, idempotency_key=key
+        ):
             return
         backend.create_project(project_name)
         first = backend.register_flow(flows.empty_flow, project_name, idempotency_key=key)
@@ -257,9 +298,7 @@ class ProjectAndFlowContract(BackendFixtures):
         self, backend: Backend, project_name: str
     ) -> None:
         name = f"no-such-flow-{uuid.uuid4()}"
-        if not backend.capabilities.server:
-            with pytest.raises(LocalBackendError):
-                backend.load_flow(name, project_name)
+        if _refused_without_server(backend, "load_flow", name, project_name):
             return
         backend.create_project(project_name)
         with pytest.raises(FlowNotFoundError) as raised:
@@ -301,6 +340,7 @@ class RunContract(BackendFixtures):
             assert "kaboom" in (raised.value.exception_message or "")
             return
         flow_run_id = backend.run({}, **target(flows.failing_flow))
+        assert isinstance(flow_run_id, str)
         assert _settle(backend, flow_run_id) is FlowRunState.FAILED
         with pytest.raises(FlowFailedError):
             backend.result(flow_run_id)
@@ -320,7 +360,7 @@ class RunContract(BackendFixtures):
     ) -> None:
         # The local backend names this argument `data`, as the seed does.
         with pytest.raises(TypeError, match="must be a mapping"):
-            backend.run_and_return([("x", 1)], **target(flows.arithmetic_flow))
+            backend.run_and_return([("x", 1)], **target(flows.arithmetic_flow))  # type: ignore[arg-type]
 
 
 class ResultSelectionContract(BackendFixtures):
@@ -355,10 +395,14 @@ class ResultSelectionContract(BackendFixtures):
 
     def test_parameters_reach_the_flow(self, backend: Backend, target: FlowTargets) -> None:
         assert (
-            backend.run_and_return({"x": 5, "y": 7}, task_name="add", **target(flows.arithmetic_flow))
+            backend.run_and_return(
+                {"x": 5, "y": 7}, task_name="add", **target(flows.arithmetic_flow)
+            )
             == 12
         )
-        assert backend.run_and_return({"x": 4}, task_name="double-2", **target(flows.twin_flow)) == 16
+        assert (
+            backend.run_and_return({"x": 4}, task_name="double-2", **target(flows.twin_flow)) == 16
+        )
 
     def test_mapped_results_are_addressable(self, backend: Backend, target: FlowTargets) -> None:
         flow_run_id = backend.submit({}, **target(flows.mapped_flow))
@@ -368,10 +412,9 @@ class ResultSelectionContract(BackendFixtures):
         assert backend.result(flow_run_id, "square") == [1, 4, 9]
         with pytest.raises(TaskNotInFlowError):
             record.mapped_value("square-1", 3)
-        assert (
-            backend.run_and_return({"values": [2, 5]}, task_name="square", **target(flows.mapped_flow))
-            == [4, 25]
-        )
+        assert backend.run_and_return(
+            {"values": [2, 5]}, task_name="square", **target(flows.mapped_flow)
+        ) == [4, 25]
 
 
 class RunErrorContract(BackendFixtures):
@@ -445,7 +488,7 @@ class RunErrorContract(BackendFixtures):
         with pytest.raises(ValueError, match="timeout"):
             backend.wait(flow_run_id, timeout=-1)
         with pytest.raises(TypeError, match="timeout"):
-            backend.wait(flow_run_id, timeout="soon")
+            backend.wait(flow_run_id, timeout="soon")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="flow_run_id"):
             backend.get_state("")
         assert _settle(backend, flow_run_id) is FlowRunState.SUCCESS
@@ -455,7 +498,8 @@ class LifecycleContract(BackendFixtures):
     """submit -> get_state -> wait -> result, on any backend."""
 
     def test_submit_wait_and_result(self, backend: Backend, target: FlowTargets) -> None:
-        flow_run_id = backend.submit({"x": 2, "y": 3}, **target(flows.arithmetic_flow))
+        flow = target(flows.arithmetic_flow)
+        flow_run_id = backend.submit({"x": 2, "y": 3}, **flow)
         assert isinstance(flow_run_id, str) and flow_run_id
         assert isinstance(backend.get_state(flow_run_id), FlowRunState)
         assert backend.wait(flow_run_id, timeout=SETTLE_SECONDS) is FlowRunState.SUCCESS
@@ -467,6 +511,8 @@ class LifecycleContract(BackendFixtures):
         assert record.flow_run_id == flow_run_id
         assert record.state is FlowRunState.SUCCESS
         assert record.values["add_more-1"] == 15
+        assert record.flow_name == "arithmetic"
+        assert record.flow_id == flow.get("flow_id")
 
     def test_wait_with_a_time_out_returns_the_final_state_of_a_finished_run(
         self, backend: Backend, target: FlowTargets
@@ -505,7 +551,6 @@ class LifecycleContract(BackendFixtures):
         assert not errors
         assert results == {x: x + 1 for x in range(4)}
 
-
     def test_close_is_idempotent(self, backend: Backend, target: FlowTargets) -> None:
         assert backend.run_and_return({}, task_name="add", **target(flows.arithmetic_flow)) == 3
         backend.close()
@@ -522,7 +567,7 @@ class TimeoutAndCancelContract(BackendFixtures):
     def _end(self, backend: Backend, flow_run_id: str) -> FlowRunState:
         """Stop a hanging run (or, without ``cancel``, let it end) and return its state."""
         if backend.capabilities.cancel:
-            assert backend.cancel(flow_run_id) is True
+            _assert_cancels(backend, flow_run_id)
         return _settle(backend, flow_run_id)
 
     def test_run_and_return_time_out_cancels_the_run(
@@ -532,17 +577,17 @@ class TimeoutAndCancelContract(BackendFixtures):
             self._no_timeout_capability(backend, target)
             return
         cancel = backend.capabilities.cancel
+        flow = target(hanging_flow)
         started = time.monotonic()
         with pytest.raises(FlowRunTimeoutError) as raised:
-            backend.run_and_return(
-                {}, timeout=SHORT_TIMEOUT, cancel_on_timeout=cancel, **target(hanging_flow)
-            )
+            backend.run_and_return({}, timeout=SHORT_TIMEOUT, cancel_on_timeout=cancel, **flow)
         elapsed = time.monotonic() - started
         error = raised.value
         assert isinstance(error, RuntimeError)
         assert elapsed < PROMPT_SECONDS, f"the time-out took {elapsed:.1f} s to return"
-        assert error.flow_run_id
+        assert isinstance(error.flow_run_id, str) and error.flow_run_id
         assert error.timeout is not None and error.timeout.total_seconds() == SHORT_TIMEOUT
+        assert error.flow_id == flow.get("flow_id")
         if cancel:
             assert error.cancelled is True
             assert _settle(backend, error.flow_run_id) is FlowRunState.CANCELLED
@@ -563,8 +608,9 @@ class TimeoutAndCancelContract(BackendFixtures):
                 {}, timeout=SHORT_TIMEOUT, cancel_on_timeout=False, **target(hanging_flow)
             )
         flow_run_id = raised.value.flow_run_id
+        assert isinstance(flow_run_id, str) and flow_run_id
         assert raised.value.cancelled is False
-        assert not backend.get_state(flow_run_id).is_final
+        _assert_still_going(backend, flow_run_id)
         self._end(backend, flow_run_id)
 
     def test_wait_time_out_raises_and_does_not_cancel(
@@ -576,13 +622,13 @@ class TimeoutAndCancelContract(BackendFixtures):
         flow_run_id = backend.submit({}, **target(hanging_flow))
         started = time.monotonic()
         with pytest.raises(FlowRunTimeoutError) as raised:
-            backend.wait(flow_run_id, timeout=SHORT_TIMEOUT)
+            backend.wait(flow_run_id, timeout=WAIT_TIMEOUT)
         assert time.monotonic() - started < PROMPT_SECONDS
         assert raised.value.flow_run_id == flow_run_id
         assert raised.value.cancelled is False
-        assert not backend.get_state(flow_run_id).is_final
+        _assert_still_going(backend, flow_run_id)
         with pytest.raises(FlowRunTimeoutError):
-            backend.get_result(flow_run_id, timeout=SHORT_TIMEOUT)
+            backend.get_result(flow_run_id, timeout=WAIT_TIMEOUT)
         self._end(backend, flow_run_id)
 
     def test_cancel_of_a_running_run(
@@ -592,8 +638,8 @@ class TimeoutAndCancelContract(BackendFixtures):
             self._no_cancel_capability(backend, target)
             return
         flow_run_id = backend.submit({}, **target(hanging_flow))
-        assert not backend.get_state(flow_run_id).is_final
-        assert backend.cancel(flow_run_id) is True
+        _assert_still_going(backend, flow_run_id)
+        _assert_cancels(backend, flow_run_id)
         assert _settle(backend, flow_run_id) is FlowRunState.CANCELLED
         assert backend.get_state(flow_run_id) is FlowRunState.CANCELLED
         with pytest.raises(FlowRunCancelledError) as raised:
@@ -729,4 +775,3 @@ class BackendContractSuite(
         declared = {field.name for field in dataclasses.fields(BackendCapabilities)}
         assert set(capabilities.names()) <= declared
         assert isinstance(backend.run_config_type, type)
-

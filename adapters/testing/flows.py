@@ -13,6 +13,7 @@ import time
 from typing import Any, List, Optional
 
 from prefect import Flow, Parameter, task
+from prefect.engine.results import PrefectResult
 from prefect.storage import Module
 from prefect.triggers import always_run
 
@@ -89,7 +90,9 @@ def square(x: float) -> float:
 
 
 def _flow(name: str) -> Flow:
-    return Flow(name, storage=Module(MODULE))
+    # PrefectResult keeps each task's value in the server's database, so a real
+    # Prefect Server agent leaves values the backends can read back.
+    return Flow(name, storage=Module(MODULE), result=PrefectResult())
 
 
 # arithmetic: x=1, y=2 -> add=3, add_more=13, multiply=2
@@ -99,6 +102,13 @@ with _flow("arithmetic") as arithmetic_flow:
     _sum = add(_x, _y)
     add_more(_sum)
     multiply(_x, _y)
+
+# arithmetic again, without a result type: on a real Prefect Server its task
+# values are not kept, so reading them back gives empty results
+with Flow("arithmetic-unkept", storage=Module(MODULE)) as unkept_flow:
+    _x = Parameter("x", default=1)
+    _y = Parameter("y", default=2)
+    add_more(add(_x, _y))
 
 # two tasks named "double" (slugs double-1, double-2): x=3 -> 6 and 12
 with _flow("twin") as twin_flow:
@@ -133,6 +143,7 @@ with _flow("partly_failing") as partly_failing_flow:
 
 EXAMPLE_FLOWS: List[Flow] = [
     arithmetic_flow,
+    unkept_flow,
     twin_flow,
     failing_flow,
     empty_flow,

@@ -13,7 +13,7 @@ from pathlib import Path
 CONFTEST = 'pytest_plugins = ["lume_scheduling.adapters.testing.plugin"]\n'
 
 EMBEDDER_TESTS = textwrap.dedent(
-    '''
+    """
     import pytest
 
     from lume_scheduling.adapters.in_memory import InMemoryBackend
@@ -34,18 +34,28 @@ EMBEDDER_TESTS = textwrap.dedent(
             yield backend
 
 
+    def test_the_suites_asserts_are_rewritten():
+        import lume_scheduling.adapters.testing.contract as contract
+
+        assert "@py_builtins" in vars(contract)
+
+
     def test_the_plugin_offers_the_suites_fixtures(
-        backend, target, project_name, hanging_flow, run_config_fields
+        backend, target, project_name, hanging_flow, run_config_fields, submissions
     ):
         assert target(flows.arithmetic_flow) == {"flow": flows.arithmetic_flow}
+        assert backend.run_and_return({"x": 2}, task_name="add", **target(flows.arithmetic_flow)) == 4
+        assert [request.parameters for request in submissions] == [{"x": 2}]
         assert project_name == "lume-scheduling-contract"
         assert hanging_flow is flows.hanging_flow
         assert run_config_fields == {}
-    '''
+    """
 )
 
 # The fake cannot run the real 60 s hanging flow unscripted; everything else runs.
-SELECTION = "declares or one_task_named or unknown_flow_run_id or invalid_run_config or plugin"
+SELECTION = (
+    "declares or one_task_named or unknown_flow_run_id or invalid_run_config or plugin or rewritten"
+)
 
 
 def test_an_embedder_runs_the_suite_with_only_a_backend_fixture(tmp_path: Path) -> None:
@@ -54,8 +64,16 @@ def test_an_embedder_runs_the_suite_with_only_a_backend_fixture(tmp_path: Path) 
     junit = tmp_path / "junit.xml"
     completed = subprocess.run(
         [
-            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-            "--import-mode=importlib", "-k", SELECTION, f"--junitxml={junit}",
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--import-mode=importlib",
+            "-k",
+            SELECTION,
+            f"--junitxml={junit}",
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -71,15 +89,20 @@ def test_an_embedder_runs_the_suite_with_only_a_backend_fixture(tmp_path: Path) 
     )
     cases = ElementTree.parse(junit).getroot().iter("testcase")
     recorded = {
-        case.get("name"): {
-            prop.get("name"): prop.get("value") for prop in case.iter("property")
-        }
+        case.get("name"): {prop.get("name"): prop.get("value") for prop in case.iter("property")}
         for case in cases
     }
-    assert {"test_declares_its_capabilities", "test_one_task_named_returns_its_value"} <= set(recorded)
+    assert {"test_declares_its_capabilities", "test_one_task_named_returns_its_value"} <= set(
+        recorded
+    )
     assert "test_the_plugin_offers_the_suites_fixtures" in recorded
+    assert "test_the_suites_asserts_are_rewritten" in recorded
     assert len(recorded) >= 15
-    suite_cases = {name: props for name, props in recorded.items() if "plugin" not in name}
+    suite_cases = {
+        name: props
+        for name, props in recorded.items()
+        if "plugin" not in name and "rewritten" not in name
+    }
     assert all(
         props.get("backend_capabilities") == "cancel,server,timeout"
         for props in suite_cases.values()

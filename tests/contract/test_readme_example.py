@@ -68,11 +68,14 @@ def test_a_hanging_model_times_out_and_is_cancelled(service, backend):
         service.predict(5, 7, timeout=0.1)
     (flow_run_id,) = backend.flow_run_ids
     assert backend.get_state(flow_run_id) is FlowRunState.CANCELLED
+
+
 # --- example end
 
 
 def test_the_documentation_shows_this_example() -> None:
     source = Path(__file__).read_text(encoding="utf-8")
     example = source.split("# --- example start\n")[1].split("# --- example end\n")[0]
+    example = example.rstrip("\n") + "\n"  # the formatter's blank lines before the marker
     docs = Path(__file__).resolve().parents[2] / "docs" / "contract-suite.md"
     assert f"```python\n{example}```" in docs.read_text(encoding="utf-8")

@@ -359,7 +359,7 @@ class TestFollowingARun:
         emulated = make_emulator(default_result=None)  # an agent as it really is
         with DockerBackend(emulated.config()) as backend:
             backend.create_project(PROJECT)
-            flow_id = backend.register_flow(flows.arithmetic_flow, PROJECT, no_url=True)
+            flow_id = backend.register_flow(flows.unkept_flow, PROJECT, no_url=True)
             with pytest.raises(EmptyResultError):
                 backend.run_and_return(flow_id=flow_id, task_name="add")
             assert backend.run_and_return(flow_id=flow_id)["add-1"] is None

@@ -110,6 +110,21 @@ def violations(layer: str, source: str) -> List[str]:
     return bad
 
 
+def strategies_violations(source: str) -> List[str]:
+    """Imports of the shipped Hypothesis strategies beyond stdlib, hypothesis and domain."""
+    return [
+        f"line {found.line}: {'.' * found.level}{found.module}"
+        for found in imports_of(source)
+        if found.level > 0
+        or not (
+            found.module.partition(".")[0] in sys.stdlib_module_names
+            or found.module.partition(".")[0] == "hypothesis"
+            or found.module == "lume_scheduling.domain"
+            or found.module.startswith("lume_scheduling.domain.")
+        )
+    ]
+
+
 def layer_files(layer: str) -> Iterator[Path]:
     yield from sorted((ROOT / layer).rglob("*.py"))
 
@@ -135,6 +150,20 @@ class TestDependencyRule:
             if found.module.startswith("docker.")
         ]
         assert seen and all(found.lazy for found in seen)
+
+
+class TestShippedStrategiesStayLight:
+    """Embedders import the strategies without prefect or docker."""
+
+    def test_strategies_import_only_hypothesis_and_domain(self) -> None:
+        source = (ROOT / "adapters" / "testing" / "strategies.py").read_text(encoding="utf-8")
+        assert strategies_violations(source) == []
+
+    @pytest.mark.parametrize(
+        "source", ["import prefect", "from docker.types import HostConfig", "from ..local import LocalBackend", "import pydantic"]
+    )
+    def test_checker_flags_planted_imports(self, source: str) -> None:
+        assert strategies_violations(source)
 
 
 class TestTheCheckerCatchesPlantedImports:

@@ -27,7 +27,9 @@ class TestConstruction:
 
 
 class TestServerOperationsDelegate:
-    def test_create_register_and_load(self, service: SchedulingService, backend: InMemoryBackend) -> None:
+    def test_create_register_and_load(
+        self, service: SchedulingService, backend: InMemoryBackend
+    ) -> None:
         service.create_project("lume")
         flow_id = service.register_flow(
             flows.arithmetic_flow, "lume", "ghcr.io/slac/lume:1", ["gpu"], idempotency_key="k1"
@@ -61,8 +63,12 @@ class TestRunsDelegate:
         backend.clear_calls()
         return flow_id
 
-    def test_run_and_return(self, service: SchedulingService, backend: InMemoryBackend, flow_id: str) -> None:
-        assert service.run_and_return({"x": 5, "y": 7}, None, "add", flow_id=flow_id, timeout=5) == 12
+    def test_run_and_return(
+        self, service: SchedulingService, backend: InMemoryBackend, flow_id: str
+    ) -> None:
+        assert (
+            service.run_and_return({"x": 5, "y": 7}, None, "add", flow_id=flow_id, timeout=5) == 12
+        )
         assert backend.calls == [
             Call(
                 "run_and_return",
@@ -81,22 +87,41 @@ class TestRunsDelegate:
     ) -> None:
         flow_run_id = service.run({"x": 2}, flow_id=flow_id, labels=["lume", "gpu"])
         assert backend.calls == [
-            Call("run", {"parameters": {"x": 2}, "run_config": None, "flow_id": flow_id, "labels": ["lume", "gpu"]})
+            Call(
+                "run",
+                {
+                    "parameters": {"x": 2},
+                    "run_config": None,
+                    "flow_id": flow_id,
+                    "labels": ["lume", "gpu"],
+                },
+            )
         ]
         (request,) = backend.submitted
         assert request.run_config == RunConfig(labels=["lume", "gpu"])
         assert request.parameters == {"x": 2}
         assert service.result(flow_run_id, "add") == 4
 
-    def test_lifecycle(self, service: SchedulingService, backend: InMemoryBackend, flow_id: str) -> None:
+    def test_lifecycle(
+        self, service: SchedulingService, backend: InMemoryBackend, flow_id: str
+    ) -> None:
         flow_run_id = service.submit({"x": 3}, flow_id=flow_id)
         assert service.get_state(flow_run_id) is FlowRunState.SUCCESS
         assert service.wait(flow_run_id, timedelta(seconds=1)) is FlowRunState.SUCCESS
         assert service.get_result(flow_run_id, timeout=1).values["multiply-1"] == 6
         assert service.result(flow_run_id, "add", timeout=1) == 5
         assert service.cancel(flow_run_id) is False
-        assert backend.operations == ["submit", "get_state", "wait", "get_result", "result", "cancel"]
-        assert backend.calls[2] == Call("wait", {"flow_run_id": flow_run_id, "timeout": timedelta(seconds=1)})
+        assert backend.operations == [
+            "submit",
+            "get_state",
+            "wait",
+            "get_result",
+            "result",
+            "cancel",
+        ]
+        assert backend.calls[2] == Call(
+            "wait", {"flow_run_id": flow_run_id, "timeout": timedelta(seconds=1)}
+        )
         assert backend.calls[3] == Call("get_result", {"flow_run_id": flow_run_id, "timeout": 1})
         assert backend.calls[4] == Call(
             "result", {"flow_run_id": flow_run_id, "task_name": "add", "timeout": 1}
@@ -137,7 +162,9 @@ class TestRunConfigRules:
                 call()
             assert [warning.filename for warning in record] == [__file__]
 
-    def test_keyword_arguments_alone_do_not_warn(self, local_backend: InMemoryBackend, recwarn: pytest.WarningsRecorder) -> None:
+    def test_keyword_arguments_alone_do_not_warn(
+        self, local_backend: InMemoryBackend, recwarn: pytest.WarningsRecorder
+    ) -> None:
         SchedulingService(local_backend).run({}, flow=flows.arithmetic_flow, labels=["a"])
         assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
         (request,) = local_backend.submitted

@@ -42,7 +42,9 @@ class TestConcurrentRuns:
                         flow_run_id = service.submit({"x": x}, flow_id=flow_id)
                         value = service.result(flow_run_id, "square", timeout=10)
                     else:
-                        value = service.run_and_return({"x": x}, task_name="square", flow_id=flow_id)
+                        value = service.run_and_return(
+                            {"x": x}, task_name="square", flow_id=flow_id
+                        )
                         flow_run_id = "?"
                     with lock:
                         seen[x] = (flow_run_id, value)

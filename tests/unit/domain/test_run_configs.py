@@ -48,6 +48,16 @@ def rejects(model: type, field: str, **kwargs: Any) -> ValidationError:
     return caught.value
 
 
+MODELS = st.sampled_from(ALL_MODELS)
+
+
+class TestLabelsOfEveryKind:
+    @given(model=MODELS, labels=st.lists(rs.label_texts(), min_size=1, max_size=6))
+    def test_duplicates_collapse_keeping_first_order(self, model: type, labels: List[str]) -> None:
+        expected = list(dict.fromkeys(labels))
+        assert build(model, labels=labels + labels[::-1]).labels == expected
+
+
 @pytest.mark.parametrize("model", ALL_MODELS)
 class TestLabels:
     def test_default_is_lume_services(self, model: type) -> None:
@@ -57,11 +67,6 @@ class TestLabels:
         first = build(model)
         first.labels.append("gpu")
         assert build(model).labels == ["lume-services"]
-
-    @given(labels=st.lists(rs.label_texts(), min_size=1, max_size=6))
-    def test_duplicates_collapse_keeping_first_order(self, model: type, labels: List[str]) -> None:
-        expected = list(dict.fromkeys(labels))
-        assert build(model, labels=labels + labels[::-1]).labels == expected
 
     @pytest.mark.parametrize("bad", ["", "   ", " gpu", "gpu ", "\tgpu", "gpu\n"])
     def test_blank_or_padded_label_rejected(self, model: type, bad: str) -> None:
@@ -75,12 +80,18 @@ class TestLabels:
         assert build(model, labels=["two words"]).labels == ["two words"]
 
 
-@pytest.mark.parametrize("model", ALL_MODELS)
-class TestEnv:
-    @given(env=rs.envs())
+class TestEnvOfEveryKind:
+    @given(model=MODELS, env=rs.envs())
     def test_valid_env_kept(self, model: type, env: Any) -> None:
         assert build(model, env=env).env == env
 
+    @given(model=MODELS, number=st.integers() | st.floats(allow_nan=False, allow_infinity=False))
+    def test_numbers_become_their_string(self, model: type, number: Any) -> None:
+        assert build(model, env={"N": number}).env == {"N": str(number)}
+
+
+@pytest.mark.parametrize("model", ALL_MODELS)
+class TestEnv:
     @pytest.mark.parametrize("name", ["", "A=B", "=A", "A\x00", 1, None])
     def test_bad_names_rejected(self, model: type, name: Any) -> None:
         rejects(model, "env", env={name: "x"})
@@ -88,10 +99,6 @@ class TestEnv:
     @pytest.mark.parametrize("value", [True, False, None, "a\x00b", ["x"], b"x", {"x": 1}, float("nan")])
     def test_bad_values_rejected(self, model: type, value: Any) -> None:
         rejects(model, "env", env={"NAME": value})
-
-    @given(number=st.integers() | st.floats(allow_nan=False, allow_infinity=False))
-    def test_numbers_become_their_string(self, model: type, number: Any) -> None:
-        assert build(model, env={"N": number}).env == {"N": str(number)}
 
     def test_int_is_not_turned_into_a_float_string(self, model: type) -> None:
         assert build(model, env={"WORKERS": 8, "RATE": 0.5}).env == {"WORKERS": "8", "RATE": "0.5"}
@@ -446,8 +453,13 @@ class TestJobTemplate:
     def test_inline_template_must_be_a_yaml_mapping(self, text: Any) -> None:
         rejects(KubernetesRunConfig, "job_template", job_template=text)
 
-    def test_deeply_nested_yaml_is_a_validation_error(self) -> None:
-        rejects(KubernetesRunConfig, "job_template", job_template="a: " + "[" * 5000)
+    def test_deeply_nested_yaml_is_a_validation_error(self, tmp_path: Path) -> None:
+        # Well-formed, but deep enough that PyYAML's recursion runs out.
+        nested = "a: " + "[" * 700 + "]" * 700
+        rejects(KubernetesRunConfig, "job_template", job_template=nested)
+        path = tmp_path / "job.yaml"
+        path.write_text(nested, encoding="utf-8")
+        rejects(KubernetesRunConfig, "job_template_path", job_template_path=str(path))
 
     def test_unsafe_yaml_tags_never_run(self, tmp_path: Path) -> None:
         marker = tmp_path / "ran"

@@ -1,0 +1,412 @@
+"""Isolated execution: a bounded pool of warm worker processes.
+
+One manager thread per backend owns the workers. It starts them on demand (up
+to ``max_workers``) from a multiprocessing *context* (never the global start
+method), hands each idle worker the next scheduled run, reads results and log
+records from the workers' pipes, and notices dead workers through their
+sentinels. A run whose worker dies ends CRASHED; cancel and time-outs kill the
+worker's process group; a replacement is started when there is work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import sys
+import threading
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from multiprocessing import connection, forkserver
+from typing import Any, Deque, Dict, List, Optional, Tuple
+
+from lume_scheduling.domain import BackendUnavailableError, FlowRunState, LocalRunConfig
+
+from . import _worker
+from ._payload import FlowPayload, FlowPayloads, dumps_parameters
+from ._runs import LocalRun, RunTable
+
+WORKER_MODULE = _worker.__name__
+START_METHODS = ("forkserver", "spawn")
+_JOIN_SECONDS = 2.0
+
+
+@dataclass
+class Job:
+    """What a worker needs for one run, prepared in the caller's thread."""
+
+    payload: FlowPayload
+    parameters: bytes
+    environ: Dict[str, str]
+    working_dir: str
+    sys_path: List[str]
+    log_level: int
+    secrets: Tuple[str, ...]
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    """The parent's view of one worker process."""
+
+    process: Any
+    conn: Any
+    run: Optional[LocalRun] = None
+    dead: bool = False
+    ready: bool = False
+    cache: "OrderedDict[int, None]" = field(default_factory=OrderedDict)
+
+    def message_for(self, run: LocalRun, job: Job) -> bytes:
+        """The run request, with the flow's bytes only if this worker lacks them
+        (mirrors the worker's LRU cache step by step)."""
+        token = job.payload.token
+        if token in self.cache:
+            flow_bytes = None
+        else:
+            flow_bytes = job.payload.data
+            self.cache[token] = None
+            while len(self.cache) > _worker.FLOW_CACHE_SIZE:
+                self.cache.popitem(last=False)
+        self.cache.move_to_end(token)
+        return pickle.dumps(
+            (
+                _worker.RUN,
+                run.flow_run_id,
+                token,
+                flow_bytes,
+                job.parameters,
+                job.environ,
+                job.working_dir,
+                job.sys_path,
+                job.log_level,
+                job.secrets,
+            ),
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its own subprocesses (its process group)."""
+        pid = self.process.pid
+        if pid is None or self.process.exitcode is not None:
+            return
+        try:
+            os.killpg(pid, signal.SIGKILL)
+            return
+        except (ProcessLookupError, PermissionError, OSError):
+            pass  # it has not made its own group yet
+        try:
+            self.process.kill()
+        except (ProcessLookupError, OSError, ValueError):
+            pass
+
+
+def _death_message(exitcode: Optional[int]) -> str:
+    if exitcode is None:
+        return "the worker process running the flow died"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"the worker process running the flow died (killed by {name})"
+    return f"the worker process running the flow died (exit code {exitcode})"
+
+
+class ProcessRuntime:
+    """Runs flow runs in worker processes; see the module docstring.
+
+    Args:
+        runs: The backend's run table.
+        max_workers: Most worker processes alive at once.
+        start_method: ``"forkserver"`` or ``"spawn"``.
+        logger: Where the workers' log records are re-emitted.
+    """
+
+    def __init__(self, runs: RunTable, max_workers: int, start_method: str, logger: logging.Logger) -> None:
+        import multiprocessing
+
+        self.runs = runs
+        self.max_workers = max_workers
+        self.start_method = start_method
+        self.logger = logger
+        self.payloads = FlowPayloads()
+        self._ctx = multiprocessing.get_context(start_method)
+        self._pending: Deque[LocalRun] = deque()
+        self._workers: List[WorkerHandle] = []
+        self._thread: Optional[threading.Thread] = None
+        self._closing = False
+        self._woken = False
+        self._wake_r: Any = None
+        self._wake_w: Any = None
+        self._alive_r: Any = None
+        self._alive_w: Any = None
+        self.workers_started = 0
+
+    # ---------------------------------------------------------------- callers
+
+    def prepare(self, flow: Any, parameters: Dict[str, Any], config: LocalRunConfig) -> Job:
+        """Everything a worker needs, built in the caller's thread so that an
+        unpicklable flow fails the call itself.
+
+        Raises:
+            UnsendableFlowError: The flow or a parameter cannot be pickled.
+        """
+        cwd = os.getcwd()
+        sys_path = [cwd if entry == "" else entry for entry in sys.path]
+        payload = self.payloads.get(flow, sys_path)
+        environ = dict(os.environ)
+        if config.env:
+            environ.update(config.env)
+        return Job(
+            payload=payload,
+            parameters=dumps_parameters(parameters),
+            environ=environ,
+            working_dir=config.working_dir or cwd,
+            sys_path=sys_path,
+            log_level=self.logger.getEffectiveLevel(),
+            secrets=_worker.secrets_of(config.env),
+        )
+
+    def start(self, run: LocalRun) -> None:
+        """Queue a run; a worker picks it up as soon as one is free.
+
+        Raises:
+            BackendUnavailableError: The backend was closed.
+        """
+        with self.runs.lock:
+            if self._closing:
+                raise BackendUnavailableError("local backend", "it was closed")
+            if self._thread is None:
+                self._open()
+            self._pending.append(run)
+            self._wake_locked()
+
+    def cancel(self, run: LocalRun, message: str) -> bool:
+        """End a run as CANCELLED; kill its worker if it is running."""
+        with self.runs.lock:
+            if run.state.is_final:
+                return False
+            worker = run.worker
+            self.runs.end(run, FlowRunState.CANCELLED, message)
+            try:
+                self._pending.remove(run)
+            except ValueError:
+                pass
+            if isinstance(worker, WorkerHandle) and not worker.dead:
+                worker.kill()
+            self._wake_locked()
+        return True
+
+    def close(self) -> None:
+        """Cancel what has not ended, stop the manager thread and every worker."""
+        with self.runs.lock:
+            if self._closing:
+                thread = None
+            else:
+                self._closing = True
+                thread = self._thread
+            for run in self.runs.unfinished():
+                self.runs.end(run, FlowRunState.CANCELLED, "the backend was closed before the run ended")
+            self._pending.clear()
+            if thread is not None:
+                self._wake_locked()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def live_workers(self) -> int:
+        """Number of worker processes alive now."""
+        return sum(1 for worker in list(self._workers) if not worker.dead)
+
+    # ---------------------------------------------------------------- manager
+
+    def _open(self) -> None:
+        if self.start_method == "forkserver":
+            # The fork server imports the worker module (and so prefect) once;
+            # each worker forked from it starts warm. Keep preloads others set.
+            preload = list(getattr(forkserver._forkserver, "_preload_modules", None) or [])
+            if WORKER_MODULE not in preload:
+                self._ctx.set_forkserver_preload(preload + [WORKER_MODULE])
+        self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
+        self._alive_r, self._alive_w = self._ctx.Pipe(duplex=False)
+        self._thread = threading.Thread(target=self._manage, name="lume-local-manager", daemon=True)
+        self._thread.start()
+
+    def _wake_locked(self) -> None:
+        if not self._woken and self._wake_w is not None:
+            self._woken = True
+            try:
+                self._wake_w.send_bytes(b"!")
+            except OSError:
+                pass  # the manager has stopped
+
+    def _manage(self) -> None:
+        try:
+            while True:
+                with self.runs.lock:
+                    if self._closing:
+                        break
+                    assignments, starts = self._assign_locked()
+                for worker, run, job in assignments:
+                    self._send(worker, run, job)
+                if starts:
+                    self._start_workers(starts)
+                    continue
+                self._wait_and_handle()
+        except Exception:  # noqa: BLE001 - never die silently: end the runs, say why
+            self.logger.exception("local backend manager thread failed")
+            with self.runs.lock:
+                self._closing = True
+                for run in self.runs.unfinished():
+                    self.runs.end(run, FlowRunState.CRASHED, "the local backend's manager thread failed")
+        finally:
+            self._shutdown_workers()
+
+    def _assign_locked(self) -> Tuple[List[Tuple[WorkerHandle, LocalRun, Job]], int]:
+        assignments = []
+        for worker in self._workers:
+            if not self._pending:
+                break
+            if worker.dead or worker.run is not None:
+                continue
+            run = self._pending.popleft()
+            job = run.job
+            run.state = FlowRunState.RUNNING
+            run.worker = worker
+            run.job = None
+            worker.run = run
+            assignments.append((worker, run, job))
+        live = sum(1 for worker in self._workers if not worker.dead)
+        starts = min(len(self._pending), self.max_workers - live)
+        return assignments, max(starts, 0)
+
+    def _send(self, worker: WorkerHandle, run: LocalRun, job: Job) -> None:
+        try:
+            worker.conn.send_bytes(worker.message_for(run, job))
+        except (OSError, EOFError, ValueError):
+            pass  # the worker died (or was killed by cancel); its sentinel tells
+
+    def _start_workers(self, count: int) -> None:
+        for _ in range(count):
+            parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+            process = self._ctx.Process(
+                target=_worker.main,
+                args=(child_conn, self._alive_r),
+                name=f"lume-local-worker-{self.workers_started + 1}",
+                daemon=False,  # tasks may start their own processes
+            )
+            try:
+                process.start()
+            except Exception as err:  # noqa: BLE001 - no process: fail what waits
+                parent_conn.close()
+                child_conn.close()
+                self._fail_pending(f"a worker process could not be started: {type(err).__name__}: {err}")
+                return
+            finally:
+                if process.pid is not None:
+                    child_conn.close()
+            self.workers_started += 1
+            with self.runs.lock:
+                self._workers.append(WorkerHandle(process, parent_conn))
+
+    def _fail_pending(self, message: str) -> None:
+        with self.runs.lock:
+            if any(not worker.dead for worker in self._workers):
+                return  # the live workers will take the queued runs
+            while self._pending:
+                self.runs.end(self._pending.popleft(), FlowRunState.CRASHED, message)
+
+    def _wait_and_handle(self) -> None:
+        workers = list(self._workers)
+        by_conn = {worker.conn: worker for worker in workers}
+        by_sentinel = {worker.process.sentinel: worker for worker in workers}
+        ready = connection.wait([self._wake_r, *by_conn, *by_sentinel])
+        for item in ready:
+            if item is self._wake_r:
+                self._drain_wake()
+            elif item in by_conn:
+                self._read(by_conn[item])
+        for item in ready:
+            if isinstance(item, int) and item in by_sentinel:
+                self._reap(by_sentinel[item])
+
+    def _drain_wake(self) -> None:
+        with self.runs.lock:
+            self._woken = False
+            while self._wake_r.poll():
+                self._wake_r.recv_bytes()
+
+    def _read(self, worker: WorkerHandle) -> None:
+        while not worker.dead:
+            try:
+                if not worker.conn.poll():
+                    return
+                data = worker.conn.recv_bytes()
+            except (EOFError, OSError):
+                return  # the sentinel follows
+            self._handle(worker, pickle.loads(data))
+
+    def _handle(self, worker: WorkerHandle, message: Tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == _worker.LOG:
+            self._emit(message[1], message[2])
+        elif kind == _worker.DONE:
+            _, flow_run_id, result = message
+            with self.runs.lock:
+                run = worker.run
+                if run is not None and run.flow_run_id == flow_run_id:
+                    worker.run = None
+            if run is not None and run.flow_run_id == flow_run_id:
+                self.runs.finish(run, result)
+        elif kind == _worker.READY:
+            worker.ready = True
+
+    def _emit(self, flow_run_id: Optional[str], fields: Dict[str, Any]) -> None:
+        record = logging.makeLogRecord(fields)
+        record.flow_run_id = flow_run_id
+        if self.logger.isEnabledFor(record.levelno):
+            self.logger.handle(record)
+
+    def _reap(self, worker: WorkerHandle) -> None:
+        self._read(worker)  # a result sent just before dying still counts
+        with self.runs.lock:
+            worker.dead = True
+            run = worker.run
+            worker.run = None
+            if worker in self._workers:
+                self._workers.remove(worker)
+        worker.process.join()
+        exitcode = worker.process.exitcode
+        worker.conn.close()
+        worker.process.close()
+        if run is not None:
+            message = _death_message(exitcode)
+            if not worker.ready:
+                message += (
+                    " while starting: worker processes import the main module, so a script "
+                    "that uses LocalBackend must guard it with `if __name__ == \"__main__\":` "
+                    "(see the worker's error output)"
+                )
+            self.runs.end(run, FlowRunState.CRASHED, message)
+
+    def _shutdown_workers(self) -> None:
+        with self.runs.lock:
+            workers = list(self._workers)
+            self._workers.clear()
+            for worker in workers:
+                worker.dead = True
+        for worker in workers:
+            if worker.run is not None:
+                worker.kill()
+            worker.conn.close()  # an idle worker reads EOF and exits
+        for worker in workers:
+            worker.process.join(_JOIN_SECONDS)
+            if worker.process.exitcode is None:
+                worker.kill()
+                worker.process.join()
+            worker.process.close()
+        with self.runs.lock:
+            ends = (self._wake_r, self._wake_w, self._alive_r, self._alive_w)
+            self._wake_r = self._wake_w = self._alive_r = self._alive_w = None
+        for end in ends:
+            if end is not None:
+                end.close()
