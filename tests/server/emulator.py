@@ -468,7 +468,7 @@ def _child_main(
 
     def on_task_state(runner: Any, _old: Any, new: prefect_state.State) -> prefect_state.State:
         index = prefect.context.get("map_index")
-        conn.send(("task", runner.task.slug, runner.task.name, -1 if index is None else int(index), new.serialize()))
+        conn.send(("task", flow.slugs.get(runner.task, runner.task.slug), runner.task.name, -1 if index is None else int(index), new.serialize()))
         return new
 
     FlowRunner(flow=flow, state_handlers=[on_flow_state]).run(
