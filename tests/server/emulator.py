@@ -395,15 +395,16 @@ class GraphQLExecutor:
     def _mutation_cancel_flow_run(self, args: dict) -> Any:
         flow_run_id = args["input"]["flow_run_id"]
         _check_uuid(flow_run_id)
-        run = self.store.tables["flow_run"].get(flow_run_id)
-        if run is None:
-            raise GraphQLError(f"Flow run {flow_run_id} not found")
-        if not _is_final(run["serialized_state"]):
-            if run["state"] == "Running":
-                self.store.set_flow_run_state(flow_run_id, prefect_state.Cancelling("Flow run is cancelling"))
-            elif run["state"] != "Cancelling":
-                self.store.set_flow_run_state(flow_run_id, prefect_state.Cancelled("Flow run is cancelled"))
-        return ("result", {"state": run["state"]})
+        with self.store.lock:
+            run = self.store.tables["flow_run"].get(flow_run_id)
+            if run is None:
+                raise GraphQLError(f"Flow run {flow_run_id} not found")
+            if not _is_final(run["serialized_state"]):
+                if run["state"] == "Running":
+                    self.store.set_flow_run_state(flow_run_id, prefect_state.Cancelling("Flow run is cancelling"))
+                elif run["state"] != "Cancelling":
+                    self.store.set_flow_run_state(flow_run_id, prefect_state.Cancelled("Flow run is cancelled"))
+            return ("result", {"state": run["state"]})
 
 
 def _close_inherited_listeners() -> None:
@@ -467,7 +468,7 @@ def _child_main(
 
     def on_task_state(runner: Any, _old: Any, new: prefect_state.State) -> prefect_state.State:
         index = prefect.context.get("map_index")
-        conn.send(("task", runner.task.slug, runner.task.name, -1 if index is None else int(index), new.serialize()))
+        conn.send(("task", flow.slugs.get(runner.task, runner.task.slug), runner.task.name, -1 if index is None else int(index), new.serialize()))
         return new
 
     FlowRunner(flow=flow, state_handlers=[on_flow_state]).run(
@@ -568,6 +569,9 @@ class EmulatedAgent:
         if not thread.is_alive() and run["state"] in ("Running", "Submitted"):
             # The zombie killer: the process is gone and nobody wrote a final state.
             with self.store.lock:
+                # `run` is a snapshot: the run may have been cancelled since.
+                if self.store.tables["flow_run"][flow_run_id]["state"] not in ("Running", "Submitted"):
+                    return
                 for task_run in self.store.rows("task_run"):
                     if task_run["flow_run_id"] == flow_run_id and task_run["state"] == "Running":
                         self.store.set_task_run_state(
@@ -634,7 +638,12 @@ class EmulatedAgent:
     def _relay(self, flow_run_id: str, event: tuple) -> None:
         kind = event[0]
         if kind == "flow":
-            self.store.set_flow_run_state(flow_run_id, prefect_state.State.deserialize(event[1]))
+            with self.store.lock:
+                # Cancellation wins over the process's late reports, as the
+                # server's state version check makes it win on a real server.
+                if self._cancel_requested(flow_run_id):
+                    return
+                self.store.set_flow_run_state(flow_run_id, prefect_state.State.deserialize(event[1]))
         elif kind == "task":
             _, slug, name, index, serialized = event
             self.store.set_task_run_state(flow_run_id, slug, name, index, prefect_state.State.deserialize(serialized))

@@ -1,0 +1,688 @@
+"""The ``lume-scheduling`` command line: run, submit and inspect flow runs on any backend.
+
+Results go to stdout as JSON; progress (state changes) and errors go to stderr,
+one line each (the traceback only with ``--debug``). Exit codes:
+
+===  =====================================================================
+0    success
+1    any other error (a bug: rerun with --debug for the traceback)
+2    usage or configuration error: bad option or parameter, invalid settings
+     or run config file, a flow that cannot be loaded, an unknown task, an
+     operation the backend does not have
+3    the flow run failed, crashed or was cancelled, or the task asked for did
+     not complete or returned nothing
+4    time-out: the flow run did not finish within --timeout (it is cancelled)
+5    the backend is unavailable (server unreachable, backend not installed)
+6    not found: unknown flow id or flow run id
+130  interrupted (Ctrl-C); the backend is closed, which stops local runs
+===  =====================================================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import click
+from pydantic import ValidationError
+
+from lume_scheduling.application import SchedulingService
+from lume_scheduling.domain import (
+    RUN_CONFIG_KINDS,
+    BackendUnavailableError,
+    EmptyResultError,
+    FlowFailedError,
+    FlowNotFoundError,
+    FlowRunNotFoundError,
+    FlowRunState,
+    FlowRunTimeoutError,
+    LocalBackendError,
+    RunConfig,
+    TaskNotCompletedError,
+    TaskNotInFlowError,
+    parse_run_config,
+)
+
+from .settings import BACKEND_KINDS, Settings, SettingsError, load_settings, parse_document, validation_problems
+
+PROG = "lume-scheduling"
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_FLOW_FAILED = 3
+EXIT_TIMEOUT = 4
+EXIT_UNAVAILABLE = 5
+EXIT_NOT_FOUND = 6
+EXIT_INTERRUPTED = 130
+
+DEFAULT_FLOW_ATTRIBUTE = "flow"
+# Backends log under this name (e.g. a server run's own log lines).
+LOGGER_NAME = "lume_scheduling"
+SERVER_KINDS = ("docker", "kubernetes")
+MASK = "**********"
+# How often `run` looks at the state while it waits, to report changes.
+POLL_SECONDS = 0.25
+
+
+class CliError(click.ClickException):
+    """An error the command line reports as one line, with its exit code."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares it per class
+
+
+# ----------------------------------------------------------------- state
+
+
+@dataclass
+class CliState:
+    """What the global options say, and the container built from them (per invocation)."""
+
+    config_file: Optional[str] = None
+    backend: Optional[str] = None
+    debug: bool = False
+    quiet: bool = False
+    _settings: Optional[Settings] = None
+    _container: Any = None
+
+    def settings(self) -> Settings:
+        """The settings: --config file, then the environment, then --backend."""
+        if self._settings is None:
+            overrides = {"backend": self.backend} if self.backend else None
+            self._settings = load_settings(self.config_file, overrides=overrides)
+        return self._settings
+
+    def service(self) -> SchedulingService:
+        """The service over the configured backend; the backend is closed when the command ends."""
+        if self._container is None:
+            from .container import create_container
+
+            container = create_container(self.settings())
+            self._container = container
+            click.get_current_context().find_root().call_on_close(container.shutdown_resources)
+        service: SchedulingService = self._container.service()
+        return service
+
+    def progress(self, message: str) -> None:
+        """A progress line on stderr, unless --quiet."""
+        if not self.quiet:
+            click.echo(f"{PROG}: {message}", err=True)
+
+
+pass_state = click.make_pass_decorator(CliState, ensure=True)
+
+
+def _use_backend(state: CliState, backend: Optional[str]) -> None:
+    """Apply a command's own --backend (it wins over the global one)."""
+    if backend:
+        state.backend = backend
+        state._settings = None
+
+
+def _require_server_kind(state: CliState, command: str) -> None:
+    """Commands that address a run by id need a server: local runs live in their process."""
+    kind = state.settings().backend
+    if kind not in SERVER_KINDS:
+        raise CliError(
+            f"{command} needs a server backend (--backend docker or kubernetes): runs of the "
+            f"{kind} backend live in the process that started them; use '{PROG} run' instead",
+            EXIT_USAGE,
+        )
+
+
+# ----------------------------------------------------------------- flows
+
+
+def load_flow(spec: str) -> Any:
+    """Load a Prefect flow from ``path/to/file.py[:attribute]`` or ``package.module[:attribute]``.
+
+    The attribute defaults to ``flow`` and may be dotted (``module:flows.main``).
+    A file is loaded as a fresh module whose code is pickled by value, so worker
+    processes can run its flow without importing it.
+
+    Raises:
+        CliError: The file or module cannot be loaded, the attribute is missing,
+            or it is not a Prefect flow (exit code 2).
+    """
+    target, attribute = _split_flow_spec(spec)
+    try:
+        if _is_file_target(target):
+            module = _load_file_module(Path(target))
+        else:
+            module = importlib.import_module(target)
+    except CliError:
+        raise
+    except Exception as err:  # the user's code may raise anything while it loads
+        raise CliError(f"cannot load flow {spec!r}: {type(err).__name__}: {err}") from err
+    candidate: Any = module
+    for part in attribute.split("."):
+        try:
+            candidate = getattr(candidate, part)
+        except AttributeError:
+            raise CliError(f"cannot load flow {spec!r}: {target} has no attribute {attribute!r}") from None
+    from .prefect_flows import is_prefect_flow
+
+    if not is_prefect_flow(candidate):
+        raise CliError(
+            f"cannot load flow {spec!r}: {attribute} is a {type(candidate).__name__}, not a Prefect flow"
+        )
+    return candidate
+
+
+def _split_flow_spec(spec: str) -> Tuple[str, str]:
+    target, colon, attribute = spec.rpartition(":")
+    # "C:\\flows\\x.py" or "dir/x.py" without an attribute: the colon is not ours.
+    if not colon or "/" in attribute or "\\" in attribute or attribute.endswith(".py"):
+        target, attribute = spec, DEFAULT_FLOW_ATTRIBUTE
+    if not target or not attribute:
+        raise CliError(f"FLOW {spec!r} must be path/to/file.py[:attribute] or package.module[:attribute]")
+    return target, attribute
+
+
+def _is_file_target(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or os.sep in target
+
+
+def _load_file_module(path: Path) -> Any:
+    if not path.is_file():
+        raise CliError(f"cannot load flow: {str(path)!r} is not a file")
+    resolved = path.resolve()
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+    name = f"_lume_scheduling_flow_{resolved.stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    if spec is None or spec.loader is None:
+        raise CliError(f"cannot load flow: {str(path)!r} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    # In sys.modules while it runs (dataclasses and pickling look it up there).
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    import cloudpickle
+
+    # Worker processes cannot import this module by name: send its code instead.
+    cloudpickle.register_pickle_by_value(module)
+    return module
+
+
+# ------------------------------------------------------------- parameters
+
+
+def parse_parameters(pairs: Sequence[str]) -> Dict[str, Any]:
+    """``name=value`` pairs as flow parameters; a value is JSON when it parses, else text.
+
+    Raises:
+        CliError: A pair has no ``=``, an empty name, or repeats a name.
+    """
+    parameters: Dict[str, Any] = {}
+    for pair in pairs:
+        name, equals, text = pair.partition("=")
+        name = name.strip()
+        if not equals:
+            raise CliError(f"parameter {pair!r} must be written name=value (option -p/--param)")
+        if not name:
+            raise CliError(f"parameter {pair!r} has no name (option -p/--param)")
+        if name in parameters:
+            raise CliError(f"parameter {name!r} is given twice (option -p/--param)")
+        try:
+            parameters[name] = json.loads(text)
+        except ValueError:
+            parameters[name] = text
+    return parameters
+
+
+# ----------------------------------------------------------------- output
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as data JSON can hold: containers converted, anything else as its repr.
+
+    Lists, tuples and sets become lists (sets sorted by repr), mappings keep
+    string keys (other keys become their repr, or json's own form for numbers,
+    booleans and None), non-finite floats and other objects become ``repr(value)``.
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if isinstance(value, (set, frozenset)):
+        return [jsonable(item) for item in sorted(value, key=repr)]
+    if isinstance(value, dict):
+        return {_json_key(key): jsonable(item) for key, item in value.items()}
+    return repr(value)
+
+
+def _json_key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(key)
+    return repr(key)
+
+
+def emit_json(value: Any) -> None:
+    """Write ``value`` to stdout as one JSON document."""
+    click.echo(json.dumps(jsonable(value), allow_nan=False))
+
+
+# ------------------------------------------------------------- run configs
+
+
+def read_run_config(path: str) -> RunConfig:
+    """Read and validate a run config file (YAML or JSON) holding ``kind`` and the fields.
+
+    Raises:
+        SettingsError: Unreadable, not a mapping, no or unknown ``kind``, or an
+            invalid field; one problem per field.
+    """
+    source = f"run config {path!r}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise SettingsError(source, [("", f"cannot be read: {reason}")]) from err
+    suffix = ".json" if path.lower().endswith(".json") else ".yaml"
+    data = parse_document(text, suffix, source)
+    if not isinstance(data, dict):
+        raise SettingsError(source, [("", f"must hold a mapping of run config fields, not {type(data).__name__}")])
+    fields = dict(data)
+    kind = fields.pop("kind", None)
+    if kind is None:
+        raise SettingsError(source, [("kind", f"field required: one of {', '.join(RUN_CONFIG_KINDS)}")])
+    if kind not in RUN_CONFIG_KINDS:
+        raise SettingsError(source, [("kind", f"{kind!r} is unknown: use one of {', '.join(RUN_CONFIG_KINDS)}")])
+    try:
+        return parse_run_config(kind, fields)
+    except ValidationError as err:
+        raise SettingsError(source, validation_problems(err)) from err
+
+
+def public_run_config(config: RunConfig) -> Dict[str, Any]:
+    """A run config as data that is safe to print: its kind first, env values masked."""
+    data = {"kind": config.kind, **config.dict()}
+    if data.get("env"):
+        data["env"] = {name: MASK for name in data["env"]}
+    return data
+
+
+# ----------------------------------------------------------------- errors
+
+
+def classify(err: BaseException) -> Tuple[int, List[str]]:
+    """The exit code and the stderr lines for an error."""
+    if isinstance(err, SettingsError):
+        return EXIT_USAGE, err.lines()
+    if isinstance(err, click.ClickException):
+        return err.exit_code, [err.format_message()]
+    if isinstance(err, ValidationError):
+        return EXIT_USAGE, [
+            f"invalid run config: {location}: {message}" for location, message in validation_problems(err)
+        ]
+    if isinstance(err, FlowRunTimeoutError):
+        return EXIT_TIMEOUT, [str(err)]
+    if isinstance(err, (FlowFailedError, TaskNotCompletedError, EmptyResultError)):
+        return EXIT_FLOW_FAILED, [str(err)]
+    if isinstance(err, BackendUnavailableError):
+        return EXIT_UNAVAILABLE, [str(err)]
+    if isinstance(err, (FlowNotFoundError, FlowRunNotFoundError)):
+        return EXIT_NOT_FOUND, [str(err)]
+    if isinstance(err, (TaskNotInFlowError, LocalBackendError)):
+        return EXIT_USAGE, [str(err)]
+    if isinstance(err, (TypeError, ValueError)):
+        return EXIT_USAGE, [f"invalid argument: {err}"]
+    return EXIT_ERROR, [f"unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback)"]
+
+
+# ----------------------------------------------------------------- commands
+
+_backend_option = click.option(
+    "--backend",
+    type=click.Choice(BACKEND_KINDS),
+    default=None,
+    help="Backend to use (overrides --config and LUME_SCHEDULING_BACKEND).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    envvar="LUME_SCHEDULING_CONFIG",
+    default=None,
+    help="Settings file (.toml, .yaml/.yml or .json); default $LUME_SCHEDULING_CONFIG.",
+)
+@_backend_option
+@click.option("--debug", is_flag=True, help="Show the traceback of an error.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+@pass_state
+def cli(state: CliState, config_file: Optional[str], backend: Optional[str], debug: bool, quiet: bool) -> None:
+    """Run Prefect 1 flows of LUME on a local, Docker or Kubernetes backend.
+
+    Settings come from --config, then LUME_SCHEDULING_* environment variables,
+    then --backend. Results are printed as JSON on stdout.
+    """
+    state.config_file = config_file
+    state.backend = backend
+    state.debug = debug
+    state.quiet = quiet
+
+
+def _check_target_arguments(flow_spec: Optional[str], flow_id: Optional[str], project: Optional[str]) -> None:
+    """FLOW or --flow-id, checked before any backend starts."""
+    if flow_id is not None and (flow_spec is not None or project is not None):
+        raise CliError("give either FLOW (with --project on a server backend) or --flow-id, not both")
+    if flow_id is None and flow_spec is None:
+        raise CliError("missing FLOW (path/to/file.py[:attribute] or package.module[:attribute]) or --flow-id")
+
+
+def _run_target(
+    state: CliState,
+    service: SchedulingService,
+    flow: Any,
+    flow_id: Optional[str],
+    project: Optional[str],
+) -> Dict[str, Any]:
+    """``flow=`` or ``flow_id=`` for the backend, registering FLOW into --project if asked."""
+    kind = state.settings().backend
+    if flow_id is not None:
+        if not service.capabilities.server:
+            raise CliError(f"--flow-id needs a server backend; the {kind} backend runs FLOW itself")
+        return {"flow_id": flow_id}
+    if not service.capabilities.server:
+        if project is not None:
+            raise CliError(f"--project needs a server backend; the {kind} backend has no projects")
+        return {"flow": flow}
+    if project is None:
+        raise CliError(
+            "a server backend runs registered flows: give --flow-id ID, or FLOW with --project P to register it first"
+        )
+    service.create_project(project)
+    registered = service.register_flow(flow, project, no_url=True)
+    state.progress(f"registered flow {flow.name!r} in project {project!r} as {registered}")
+    return {"flow_id": registered}
+
+
+def _wait_with_progress(
+    state: CliState, service: SchedulingService, flow_run_id: str, timeout: Optional[float]
+) -> None:
+    """Wait for the run, reporting each state change; cancel it when ``timeout`` passes.
+
+    Raises:
+        FlowRunTimeoutError: The time-out passed (the run was cancelled if it could be).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last: Optional[FlowRunState] = None
+    while True:
+        current = service.get_state(flow_run_id)
+        if current is not last:
+            state.progress(f"flow run {flow_run_id}: {current}")
+            last = current
+        if current.is_final:
+            return
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            cancelled = service.cancel(flow_run_id) if service.capabilities.cancel else False
+            assert timeout is not None
+            raise FlowRunTimeoutError(flow_run_id, timedelta(seconds=timeout), cancelled=cancelled)
+        step = POLL_SECONDS if remaining is None else min(POLL_SECONDS, remaining)
+        try:
+            service.wait(flow_run_id, step)
+        except FlowRunTimeoutError:
+            pass
+
+
+_timeout_option = click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Give up (and cancel the run) after this many seconds; default: wait.",
+)
+_task_option = click.option("--task", "task_name", default=None, metavar="NAME", help="Print only this task's value.")
+
+
+def _flow_run_options(function: Any) -> Any:
+    for option in reversed(
+        [
+            click.argument("flow_spec", metavar="[FLOW]", required=False),
+            click.option(
+                "-p",
+                "--param",
+                "params",
+                multiple=True,
+                metavar="NAME=VALUE",
+                help="Flow parameter; VALUE is read as JSON when it parses, else as text. Repeatable.",
+            ),
+            click.option(
+                "--run-config",
+                "run_config_file",
+                type=click.Path(exists=True, dir_okay=False),
+                default=None,
+                help="Run config file (YAML or JSON with 'kind'), see validate-config.",
+            ),
+            click.option("--flow-id", default=None, help="Server backends: run this registered flow."),
+            click.option("--project", default=None, help="Server backends: register FLOW in this project first."),
+            _backend_option,
+        ]
+    ):
+        function = option(function)
+    return function
+
+
+@cli.command()
+@_flow_run_options
+@_task_option
+@_timeout_option
+@pass_state
+def run(
+    state: CliState,
+    flow_spec: Optional[str],
+    params: Sequence[str],
+    run_config_file: Optional[str],
+    flow_id: Optional[str],
+    project: Optional[str],
+    backend: Optional[str],
+    task_name: Optional[str],
+    timeout: Optional[float],
+) -> None:
+    """Run FLOW, wait for it, and print its result as JSON.
+
+    FLOW is path/to/file.py[:attribute] or package.module[:attribute]; the
+    attribute defaults to 'flow'. Without --task the result is {slug: value} of
+    every task. On a server backend give --flow-id, or --project to register
+    FLOW first.
+    """
+    _use_backend(state, backend)
+    _check_target_arguments(flow_spec, flow_id, project)
+    parameters = parse_parameters(params)
+    run_config = read_run_config(run_config_file) if run_config_file else None
+    flow = load_flow(flow_spec) if flow_spec is not None else None
+    service = state.service()
+    target = _run_target(state, service, flow, flow_id, project)
+    flow_run_id = service.submit(parameters, run_config, **target)
+    state.progress(f"flow run {flow_run_id} submitted to the {state.settings().backend} backend")
+    _wait_with_progress(state, service, flow_run_id, timeout)
+    emit_json(service.result(flow_run_id, task_name))
+
+
+@cli.command()
+@_flow_run_options
+@pass_state
+def submit(
+    state: CliState,
+    flow_spec: Optional[str],
+    params: Sequence[str],
+    run_config_file: Optional[str],
+    flow_id: Optional[str],
+    project: Optional[str],
+    backend: Optional[str],
+) -> None:
+    """Start a flow run on a server backend and print its id."""
+    _use_backend(state, backend)
+    _require_server_kind(state, "submit")
+    _check_target_arguments(flow_spec, flow_id, project)
+    parameters = parse_parameters(params)
+    run_config = read_run_config(run_config_file) if run_config_file else None
+    flow = load_flow(flow_spec) if flow_spec is not None else None
+    service = state.service()
+    target = _run_target(state, service, flow, flow_id, project)
+    click.echo(service.submit(parameters, run_config, **target))
+
+
+@cli.command()
+@click.argument("flow_run_id")
+@pass_state
+def status(state: CliState, flow_run_id: str) -> None:
+    """Print the state of a flow run (server backends)."""
+    _require_server_kind(state, "status")
+    click.echo(str(state.service().get_state(flow_run_id)))
+
+
+@cli.command()
+@click.argument("flow_run_id")
+@_task_option
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Give up after this many seconds (exit code 4; the run goes on); default: wait.",
+)
+@pass_state
+def result(state: CliState, flow_run_id: str, task_name: Optional[str], timeout: Optional[float]) -> None:
+    """Wait for a flow run and print its result as JSON (server backends)."""
+    _require_server_kind(state, "result")
+    emit_json(state.service().result(flow_run_id, task_name, timeout=timeout))
+
+
+@cli.command()
+@click.argument("flow_run_id")
+@pass_state
+def cancel(state: CliState, flow_run_id: str) -> None:
+    """Cancel a flow run (server backends); print whether it was stopped."""
+    _require_server_kind(state, "cancel")
+    stopped = state.service().cancel(flow_run_id)
+    click.echo("cancelled" if stopped else "not cancelled: the flow run had already ended")
+
+
+def _require_server_capability(state: CliState, service: SchedulingService, command: str) -> None:
+    if not service.capabilities.server:
+        raise CliError(
+            f"{command} needs a server backend (--backend docker or kubernetes); "
+            f"the {state.settings().backend} backend has no projects"
+        )
+
+
+@cli.command("create-project")
+@click.argument("name")
+@pass_state
+def create_project(state: CliState, name: str) -> None:
+    """Create project NAME on the server (no error if it exists)."""
+    service = state.service()
+    _require_server_capability(state, service, "create-project")
+    service.create_project(name)
+    state.progress(f"project {name!r} is ready")
+
+
+@cli.command()
+@click.argument("flow_spec", metavar="FLOW")
+@click.option("--project", required=True, help="Project to register the flow in (must exist).")
+@click.option("--image", default=None, help="Image the flow runs in; default: the server settings' default_image.")
+@click.option("--label", "labels", multiple=True, help="Label for the agents that may run it. Repeatable.")
+@pass_state
+def register(state: CliState, flow_spec: str, project: str, image: Optional[str], labels: Sequence[str]) -> None:
+    """Register FLOW in a project on the server and print its flow id."""
+    flow = load_flow(flow_spec)
+    service = state.service()
+    _require_server_capability(state, service, "register")
+    click.echo(service.register_flow(flow, project, image, list(labels) or None, no_url=True))
+
+
+@cli.command("validate-config")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def validate_config(file: str) -> None:
+    """Check a run config file (YAML or JSON, with kind: local|docker|kubernetes).
+
+    Prints the validated run config as JSON (env values masked), or one line per
+    problem naming its field, and exits with 2.
+    """
+    click.echo(json.dumps(jsonable(public_run_config(read_run_config(file))), indent=2))
+
+
+# ----------------------------------------------------------------- entry point
+
+
+@contextlib.contextmanager
+def _backend_logs_to_stderr(state: CliState) -> Iterator[None]:
+    """Show what backends log (a server run's own log lines, warnings) on stderr while
+    a command runs; only warnings and errors with --quiet. Undone afterwards."""
+    logger = logging.getLogger(LOGGER_NAME)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    # --quiet is known once the global options are parsed: the filter asks then.
+    handler.addFilter(lambda record: record.levelno >= logging.WARNING or not state.quiet)
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """The console script: run the command line and exit with its code (see the module docstring)."""
+    state = CliState()
+    with _backend_logs_to_stderr(state):
+        _main(state, argv)
+
+
+def _main(state: CliState, argv: Optional[Sequence[str]]) -> None:
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name=PROG, standalone_mode=False, obj=state)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.Abort:
+        # Ctrl-C: the backend was closed on the way out (its runs stopped).
+        click.echo(f"{PROG}: aborted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.UsageError as err:
+        hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+        click.echo(f"{PROG}: error: {err.format_message()}{hint}", err=True)
+        sys.exit(err.exit_code)
+    except Exception as err:  # every error becomes one line and an exit code
+        code, lines = classify(err)
+        if state.debug:
+            traceback.print_exception(err)
+        for line in lines:
+            click.echo(f"{PROG}: error: {line}", err=True)
+        sys.exit(code)
+    sys.exit(EXIT_OK)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,457 @@
+"""Settings of the composition root: which backend, and how to reach or size it.
+
+Settings come from four places, later ones winning key by key:
+
+1. the defaults below (the isolated local backend);
+2. a settings file: TOML (``.toml``, read with `tomllib`), YAML (``.yaml``/``.yml``,
+   read with ``yaml.safe_load`` only, so no tag can run code) or JSON (``.json``);
+3. environment variables: ``LUME_SCHEDULING_BACKEND`` for the backend kind, and
+   ``LUME_SCHEDULING_<SECTION>__<KEY>`` (two underscores) for one key of a
+   section, e.g. ``LUME_SCHEDULING_LOCAL__MAX_WORKERS=4`` or
+   ``LUME_SCHEDULING_SERVER__API_KEY=...``. Other ``LUME_SCHEDULING_*`` names
+   (without ``__``) are not settings and are left alone;
+4. explicit overrides (a dict, e.g. the command line's ``--backend``).
+
+Every section forbids unknown keys. A bad key or value raises `SettingsError`,
+which names the key, where it came from (file or environment variable) and what
+is wrong, one problem per line. The API key is a `pydantic.SecretStr`: no repr,
+str, log line or error message shows it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, Extra, SecretStr, ValidationError, conint, validator
+
+from lume_scheduling.domain.image import image_reference_problem
+
+ENV_PREFIX = "LUME_SCHEDULING_"
+ENV_BACKEND = ENV_PREFIX + "BACKEND"
+ENV_SECTION_SEPARATOR = "__"
+
+BACKEND_KINDS: Tuple[str, ...] = ("local", "docker", "kubernetes", "fake")
+BackendKind = Literal["local", "docker", "kubernetes", "fake"]
+
+_TOML_SUFFIXES = (".toml",)
+_YAML_SUFFIXES = (".yaml", ".yml")
+_JSON_SUFFIXES = (".json",)
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be read or do not validate.
+
+    Attributes:
+        source: What was being read ("settings file 'x.toml'", "settings", ...).
+        problems: ``(location, message)`` pairs, one per problem; a location is a
+            dotted key such as ``local.max_workers``, with the environment
+            variable it came from when it came from one.
+    """
+
+    def __init__(self, source: str, problems: Sequence[Tuple[str, str]]) -> None:
+        self.source = source
+        self.problems: List[Tuple[str, str]] = list(problems)
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> List[str]:
+        """One readable line per problem: ``<source>: <location>: <message>``."""
+        return [
+            f"{self.source}: {location}: {message}" if location else f"{self.source}: {message}"
+            for location, message in self.problems
+        ]
+
+
+class _Section(BaseModel):
+    class Config:
+        extra = Extra.forbid
+        validate_assignment = True
+
+
+class LocalSettings(_Section):
+    """The local backend (`LocalBackend`).
+
+    Attributes:
+        max_workers: Worker processes running flows at once; None lets the
+            backend choose.
+        isolated: Run each flow in a worker process (a crash or hang cannot take
+            the caller down); False runs flows in this process.
+    """
+
+    max_workers: Optional[conint(ge=1)] = None  # type: ignore[valid-type]
+    isolated: bool = True
+
+
+class ServerSettings(_Section):
+    """The Prefect 1 Server the docker and kubernetes backends talk to.
+
+    The keys are those of `lume_scheduling.adapters.server.PrefectServerConfig`;
+    a key left out takes that model's default. When the server backends are
+    installed, the section is also checked against that model, so a value it
+    rejects is reported here, with its key.
+
+    Attributes:
+        api_url: The server's GraphQL endpoint (http or https).
+        api_key: API key sent to the server, if it needs one; never shown.
+        tenant_id: Tenant to work in (a UUID); None means the server's first tenant.
+        default_image: Image flows are registered with when none is given.
+        ui_url: The server's UI, for the flow addresses registration prints.
+        request_timeout, request_retries, request_backoff: HTTP requests: seconds
+            one may take, extra attempts, seconds before the first retry.
+        poll_interval, poll_backoff, poll_max_interval: How often a run's state
+            is asked for while waiting.
+        cancel_timeout: Seconds a cancel waits for the run to be Cancelled.
+        agent_check_after: Seconds a run may stay scheduled before the backend
+            checks that an agent with its labels polls; null never checks.
+        task_run_page_size: Task runs fetched per query.
+    """
+
+    api_url: str = "http://localhost:4200/graphql"
+    api_key: Optional[SecretStr] = None
+    tenant_id: Optional[str] = None
+    default_image: Optional[str] = None
+    ui_url: Optional[str] = None
+    request_timeout: Optional[float] = None
+    request_retries: Optional[int] = None
+    request_backoff: Optional[float] = None
+    poll_interval: Optional[float] = None
+    poll_backoff: Optional[float] = None
+    poll_max_interval: Optional[float] = None
+    cancel_timeout: Optional[float] = None
+    agent_check_after: Optional[float] = None
+    task_run_page_size: Optional[int] = None
+
+    @validator("api_url")
+    def _check_api_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(
+                f"api_url must be an http(s) URL such as http://localhost:4200/graphql, "
+                f"not {value!r}"
+            )
+        return value
+
+    @validator("default_image")
+    def _check_default_image(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            problem = image_reference_problem(value)
+            if problem:
+                raise ValueError(f"default_image {value!r} is not a valid image reference: {problem}")
+        return value
+
+    def backend_options(self) -> Dict[str, Any]:
+        """The keys that were given, for `PrefectServerConfig` (its defaults fill the rest)."""
+        return self.dict(exclude_unset=True)
+
+    def __repr_args__(self) -> Any:
+        # Only what was given, with the key masked.
+        return [
+            (name, "**********" if name == "api_key" and value is not None else value)
+            for name, value in super().__repr_args__()
+            if name in self.__fields_set__ or name == "api_url"
+        ]
+
+
+def server_config_problems(server: ServerSettings) -> List[Tuple[str, str]]:
+    """What `PrefectServerConfig` rejects in the server section, as ``(server.key, message)``.
+
+    Empty when everything is accepted, or when the server backends are not installed.
+    """
+    try:
+        from lume_scheduling.adapters.server import PrefectServerConfig
+    except ImportError:
+        return []
+    try:
+        PrefectServerConfig.parse_obj(server.backend_options())
+    except ValidationError as err:
+        return [
+            (f"server.{location}" if location else "server", message)
+            for location, message in validation_problems(err)
+        ]
+    return []
+
+
+class FakeSettings(_Section):
+    """The in-memory fake (`InMemoryBackend`), for tests and demos.
+
+    Attributes:
+        server: Behave like a server backend (projects, registration, runs by
+            flow id) rather than like the local backend.
+    """
+
+    server: bool = True
+
+
+class Settings(_Section):
+    """All settings of the composition root.
+
+    Attributes:
+        backend: Which backend the container builds: ``local``, ``docker``,
+            ``kubernetes`` or ``fake``.
+        local: Settings of the local backend.
+        server: Settings of the docker and kubernetes backends (one Prefect Server).
+        fake: Settings of the fake.
+    """
+
+    backend: BackendKind = "local"
+    local: LocalSettings = LocalSettings()
+    server: ServerSettings = ServerSettings()
+    fake: FakeSettings = FakeSettings()
+
+    @classmethod
+    def from_mapping(
+        cls, data: Union["Settings", Mapping[str, Any], None], source: str = "settings"
+    ) -> "Settings":
+        """Validate plain data (a parsed file, a container's config) into settings.
+
+        Args:
+            data: The settings as nested mappings (or `Settings`, returned as
+                they are); None means all defaults.
+            source: What the data is, for error messages.
+
+        Raises:
+            SettingsError: A key is unknown or a value is invalid.
+        """
+        if data is None:
+            data = {}
+        if isinstance(data, Settings):
+            return data
+        if not isinstance(data, Mapping):
+            raise SettingsError(source, [("", f"must be a mapping of settings, not {type(data).__name__}")])
+        try:
+            settings = cls.parse_obj(dict(data))
+        except ValidationError as err:
+            raise SettingsError(source, validation_problems(err)) from err
+        settings.check_server(source)
+        return settings
+
+    def check_server(self, source: str, origins: Optional[Mapping[Tuple[str, ...], str]] = None) -> None:
+        """Check the server section against the server backends' own model.
+
+        Raises:
+            SettingsError: A server key has a value the server backends reject.
+        """
+        problems = server_config_problems(self.server)
+        if problems:
+            named = []
+            for location, message in problems:
+                origin = (origins or {}).get(tuple(location.split(".")))
+                named.append((f"{location} ({origin})" if origin else location, message))
+            raise SettingsError(source, named)
+
+    def public_dict(self) -> Dict[str, Any]:
+        """The settings as plain data with the API key masked (safe to print)."""
+        data = self.dict()
+        if data["server"]["api_key"] is not None:
+            data["server"]["api_key"] = "**********"
+        return data
+
+
+def validation_problems(err: ValidationError, origins: Optional[Mapping[Tuple[str, ...], str]] = None) -> List[Tuple[str, str]]:
+    """(location, message) per error, naming the environment variable a value came from."""
+    problems = []
+    for error in err.errors():
+        loc = tuple(str(part) for part in error["loc"] if part != "__root__")
+        location = ".".join(loc)
+        origin = (origins or {}).get(loc)
+        if origin:
+            location = f"{location} ({origin})"
+        message = error["msg"]
+        if error["type"] == "value_error.extra":
+            message = "unknown key"
+        elif error["type"] == "type_error.none.not_allowed":
+            message = "must have a value"
+        problems.append((location, message))
+    return problems
+
+
+# ------------------------------------------------------------------ sources
+
+
+def read_settings_file(path: Union[str, os.PathLike[str]]) -> Dict[str, Any]:
+    """Read a settings file into plain data, choosing the parser by suffix.
+
+    YAML is read with ``yaml.safe_load``: tags such as ``!!python/object`` are
+    rejected, never run.
+
+    Args:
+        path: A ``.toml``, ``.yaml``/``.yml`` or ``.json`` file.
+
+    Returns:
+        The file's top-level mapping.
+
+    Raises:
+        SettingsError: The file is missing, unreadable, of an unknown type, not
+            valid TOML/YAML/JSON, or does not hold a mapping.
+    """
+    file = Path(path)
+    source = f"settings file {str(file)!r}"
+    suffix = file.suffix.lower()
+    if suffix not in _TOML_SUFFIXES + _YAML_SUFFIXES + _JSON_SUFFIXES:
+        raise SettingsError(
+            source, [("", f"unknown file type {suffix or '(none)'!r}: use .toml, .yaml, .yml or .json")]
+        )
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise SettingsError(source, [("", f"cannot be read: {reason}")]) from err
+    data = parse_document(text, suffix, source)
+    if not isinstance(data, dict):
+        raise SettingsError(source, [("", f"must hold a mapping of settings, not {type(data).__name__}")])
+    return data
+
+
+def parse_document(text: str, suffix: str, source: str) -> Any:
+    """Parse TOML, YAML (safe loader) or JSON text, by file suffix.
+
+    Parse errors say where (line, column) and what, never echo the text: a
+    settings file may hold an API key.
+
+    Raises:
+        SettingsError: The text does not parse.
+    """
+    if suffix in _TOML_SUFFIXES:
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise SettingsError(source, [("", f"is not valid TOML: {err}")]) from err
+    if suffix in _JSON_SUFFIXES:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SettingsError(
+                source, [("", f"is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})")]
+            ) from err
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        problem = _yaml_problem(err)
+    # Not chained: PyYAML's own message quotes the offending line, which may hold a key.
+    raise SettingsError(source, [("", f"is not valid YAML: {problem}")])
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    if isinstance(err, yaml.MarkedYAMLError):
+        mark = err.problem_mark or err.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        return f"{err.problem or err.context or 'syntax error'}{where}"
+    return type(err).__name__
+
+
+def settings_from_environ(
+    environ: Optional[Mapping[str, str]] = None,
+) -> Tuple[Dict[str, Any], Dict[Tuple[str, ...], str]]:
+    """The settings named by environment variables.
+
+    ``LUME_SCHEDULING_BACKEND`` sets ``backend``; ``LUME_SCHEDULING_A__B`` sets
+    key ``b`` of section ``a`` (names are case-insensitive). Values stay strings:
+    validation turns them into numbers and booleans (``4``, ``true``/``false``).
+
+    Args:
+        environ: The environment; None means `os.environ`.
+
+    Returns:
+        ``(data, origins)``: nested settings data, and for each dotted key the
+        variable it came from.
+    """
+    environ = os.environ if environ is None else environ
+    data: Dict[str, Any] = {}
+    origins: Dict[Tuple[str, ...], str] = {}
+    for name, value in sorted(environ.items()):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        if name.upper() == ENV_BACKEND:
+            data["backend"] = value
+            origins[("backend",)] = name
+        elif ENV_SECTION_SEPARATOR in rest:
+            path = tuple(rest.split(ENV_SECTION_SEPARATOR))
+            node = data
+            for part in path[:-1]:
+                child = node.setdefault(part, {})
+                if not isinstance(child, dict):
+                    break
+                node = child
+            else:
+                node[path[-1]] = value
+                origins[path] = name
+    return data, origins
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
+    """Merge nested mappings key by key; ``override`` wins."""
+    merged: Dict[str, Any] = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    file: Union[str, os.PathLike[str], None] = None,
+    *,
+    environ: Optional[Mapping[str, str]] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
+) -> Settings:
+    """Load settings from defaults, a file, the environment and overrides.
+
+    Args:
+        file: A settings file (TOML, YAML or JSON), or None.
+        environ: The environment to read; None means `os.environ`, ``{}`` reads none.
+        overrides: Nested settings that win over everything else.
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        SettingsError: A file problem, an unknown key or an invalid value.
+    """
+    data: Dict[str, Any] = {}
+    origins: Dict[Tuple[str, ...], str] = {}
+    source = "settings"
+    if file is not None:
+        data = read_settings_file(file)
+        source = f"settings file {os.fspath(file)!r}"
+    env_data, env_origins = settings_from_environ(environ)
+    if env_data:
+        data = merge(data, env_data)
+        origins.update(env_origins)
+        source = f"{source} and environment" if file is not None else "settings from the environment"
+    if overrides:
+        data = merge(data, overrides)
+        for key in overrides:
+            if not isinstance(overrides[key], Mapping):
+                origins.pop((key,), None)
+    try:
+        settings = Settings.parse_obj(data)
+    except ValidationError as err:
+        raise SettingsError(source, validation_problems(err, origins)) from err
+    settings.check_server(source, origins)
+    return settings
+
+
+__all__ = [
+    "BACKEND_KINDS",
+    "ENV_BACKEND",
+    "ENV_PREFIX",
+    "FakeSettings",
+    "LocalSettings",
+    "ServerSettings",
+    "Settings",
+    "SettingsError",
+    "load_settings",
+    "validation_problems",
+    "merge",
+    "parse_document",
+    "read_settings_file",
+    "server_config_problems",
+    "settings_from_environ",
+]

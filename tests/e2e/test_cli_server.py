@@ -1,0 +1,91 @@
+"""The console script against an emulated Prefect 1 Server: the commands that
+address flows and flow runs by id work across processes (each command is its
+own process, as a user's shell would run them).
+
+The emulator (real HTTP, real ``prefect.Client``, an agent that runs flows with
+prefect's FlowRunner) lives with the server backend's tests, in
+``tests/server/emulator.py``; it is loaded by path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EMULATOR = REPO / "tests" / "server" / "emulator.py"
+FLOWS = "lume_scheduling.adapters.testing.flows"
+IMAGE = "ghcr.io/slac-ml/lume-services:1.0"
+
+pytestmark = pytest.mark.skipif(not EMULATOR.exists(), reason="the emulated Prefect Server has not landed")
+
+
+def _emulator_module() -> Any:
+    name = "lume_scheduling_tests_server_emulator"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, EMULATOR)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses and pickling look classes up here
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture
+def server(write: Any) -> Iterator[Path]:
+    """A running emulated server and agent; yields a settings file for the docker backend."""
+    emulator = _emulator_module()
+    store = emulator.Store()
+    http = emulator.EmulatedServer(store).start()
+    agent = emulator.EmulatedAgent(store).start()
+    try:
+        yield write(
+            "server.yaml",
+            "backend: docker\n"
+            "server:\n"
+            f"  api_url: {http.url}\n"
+            f"  default_image: {IMAGE}\n"
+            "  poll_interval: 0.05\n"
+            "  poll_max_interval: 0.2\n"
+            "  agent_check_after: null\n"
+            "  cancel_timeout: 10\n",
+        )
+    finally:
+        agent.stop()
+        http.stop()
+
+
+class TestServerCommands:
+    def test_register_submit_status_and_result_across_processes(self, lume: Any, server: Path) -> None:
+        config = ["--config", str(server)]
+        assert lume(*config, "create-project", "lume").code == 0
+        registered = lume(*config, "register", f"{FLOWS}:arithmetic_flow", "--project", "lume")
+        assert registered.code == 0, registered.err
+        flow_id = registered.out.strip()
+        submitted = lume(*config, "submit", "--flow-id", flow_id, "-p", "x=5", "-p", "y=2")
+        assert submitted.code == 0, submitted.err
+        flow_run_id = submitted.out.strip()
+        result = lume(*config, "result", flow_run_id, "--task", "add_more", "--timeout", "60")
+        assert result.code == 0, result.err
+        assert json.loads(result.out) == 17
+        status = lume(*config, "status", flow_run_id)
+        assert (status.code, status.out) == (0, "success\n")
+
+    def test_run_registers_into_a_project_and_a_time_out_cancels_on_the_server(self, lume: Any, server: Path) -> None:
+        done = lume("--config", str(server), "run", f"{FLOWS}:hanging_flow", "--project", "lume", "--timeout", "2")
+        assert done.code == 4, done.err
+        (line,) = done.error_lines
+        assert "did not finish within 2 s; it was cancelled" in line
+        assert "registered flow 'hanging' in project 'lume'" in done.err
+        # The run's own log lines, read from the server, are shown as they come.
+        assert "] Beginning Flow run for 'hanging'" in done.err
+
+    def test_unknown_run_ids_are_not_found(self, lume: Any, server: Path) -> None:
+        done = lume("--config", str(server), "cancel", "00000000-0000-0000-0000-000000000000")
+        assert done.code == 6, done.err
+        assert "no flow run" in done.error_lines[0]
