@@ -192,13 +192,21 @@ class ProcessRuntime:
         Raises:
             BackendUnavailableError: The backend was closed.
         """
+        assignments: List[Tuple[WorkerHandle, LocalRun, Job]] = []
         with self.runs.lock:
             if self._closing:
                 raise BackendUnavailableError("local backend", "it was closed")
             if self._thread is None:
                 self._open()
             self._pending.append(run)
-            self._wake_locked()
+            if len(self._pending) == 1 and any(w.run is None and not w.dead for w in self._workers):
+                # An idle worker: hand it the run from this thread, saving the
+                # hop through the manager thread (it still reads the result).
+                assignments, _ = self._assign_locked()
+            else:
+                self._wake_locked()
+        for worker, assigned, job in assignments:
+            self._send(worker, assigned, job)
 
     def cancel(self, run: LocalRun, message: str) -> bool:
         """End a run as CANCELLED; kill its worker if it is running."""
