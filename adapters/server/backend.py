@@ -27,7 +27,7 @@ from prefect.engine import state as prefect_state
 from prefect.exceptions import AuthorizationError, ClientError
 from prefect.storage import Module
 
-from lume_scheduling.application.ports import Backend, BackendCapabilities, FlowRunRequest
+from lume_scheduling.application.ports import Backend, BackendCapabilities, FlowRunRequest, Timeout
 from lume_scheduling.domain import (
     BackendUnavailableError,
     DockerRunConfig,
@@ -43,6 +43,7 @@ from lume_scheduling.domain import (
 )
 from lume_scheduling.domain.image import image_reference_problem
 
+from ..prefect_flows import flow_run_state as local_flow_run_state
 from ..prefect_flows import is_prefect_flow, task_run_state
 from .client import ServerClient, graphql_message
 from .config import PrefectServerConfig
@@ -67,32 +68,20 @@ _RUN_FIELDS = "id flow_id serialized_state flow { name project { name } }"
 _TASK_RUN_FIELDS = "id map_index serialized_state task { slug name }"
 _TASK_ERROR = re.compile(r"Error during execution of task: (?P<type>[A-Za-z_][\w.]*)\((?P<args>.*)\)\s*$", re.S)
 
-Timeout = Union[timedelta, float, int, None]
-
-
 def flow_run_state(state: prefect_state.State) -> FlowRunState:
     """The domain state of a flow run's Prefect state, as a Prefect Server reports it.
 
-    Cancelled is not Failed in Prefect 1 (it is Finished); Cancelling is still
-    running; a Failed state written by the server because the run's process died
-    (lost heartbeat, Lazarus, agent errors) is CRASHED.
+    As for a local run (`prefect_flows.flow_run_state`: Cancelled is not Failed
+    in Prefect 1, Cancelling is still running), except that a Failed state the
+    server wrote because the run's process died (lost heartbeat, Lazarus, agent
+    errors) is CRASHED.
     """
-    if isinstance(state, prefect_state.Cancelled):
-        return FlowRunState.CANCELLED
-    if isinstance(state, prefect_state.Success):
-        return FlowRunState.SUCCESS
-    if isinstance(state, prefect_state.TimedOut):
-        return FlowRunState.TIMED_OUT
-    if isinstance(state, prefect_state.Failed):
+    domain_state = local_flow_run_state(state)
+    if domain_state is FlowRunState.FAILED and isinstance(state, prefect_state.Failed):
         message = str(state.message or "").lower()
         if any(marker in message for marker in _CRASH_MARKERS):
             return FlowRunState.CRASHED
-        return FlowRunState.FAILED
-    if isinstance(state, prefect_state.Finished):
-        return FlowRunState.FAILED
-    if isinstance(state, prefect_state.Running):  # Cancelling included
-        return FlowRunState.RUNNING
-    return FlowRunState.SCHEDULED
+    return domain_state
 
 
 def _deserialize(serialized: Optional[Mapping[str, Any]]) -> prefect_state.State:
