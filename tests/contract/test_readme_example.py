@@ -1,4 +1,4 @@
-"""The example of docs/contract-suite.md, run: a LUME service tested against the
+"""The README's example (testing with the fake), run: a LUME service tested against the
 fake. The code between the markers is the documentation's code block, verbatim
 (`test_the_documentation_shows_this_example` keeps them the same)."""
 
@@ -77,5 +77,5 @@ def test_the_documentation_shows_this_example() -> None:
     source = Path(__file__).read_text(encoding="utf-8")
     example = source.split("# --- example start\n")[1].split("# --- example end\n")[0]
     example = example.rstrip("\n") + "\n"  # the formatter's blank lines before the marker
-    docs = Path(__file__).resolve().parents[2] / "docs" / "contract-suite.md"
+    docs = Path(__file__).resolve().parents[2] / "README.md"
     assert f"```python\n{example}```" in docs.read_text(encoding="utf-8")

@@ -2,7 +2,7 @@
 
 Against the emulated Prefect Server always; against a real Prefect 1 Server with
 an agent (labels ``lume-services``) when ``LUME_SCHEDULING_TEST_PREFECT_API`` is
-set to its GraphQL address (see docs/server-backends.md).
+set to its GraphQL address (see the README, "Against a real Prefect Server").
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""docs/cli.md: its Python snippets run as written, and the configuration files it
-shows are the ones in examples/configs/."""
+"""The README's command-line chapter: its Python snippets run as written, and the
+configuration files it shows are the ones in examples/configs/."""
 
 from __future__ import annotations
 
@@ -10,17 +10,25 @@ from typing import List, Tuple
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-DOC = ROOT / "docs" / "cli.md"
+DOC = ROOT / "README.md"
+CHAPTER = "cli"
 BLOCK = re.compile(r"```(\w*)\n(.*?)```", re.DOTALL)
 
 
+def chapter_text() -> str:
+    """The README's command-line chapter, between its chapter markers."""
+    text = DOC.read_text(encoding="utf-8")
+    start = text.index(f"<!-- chapter: {CHAPTER} -->")
+    return text[start : text.index(f"<!-- end chapter: {CHAPTER} -->", start)]
+
+
 def blocks(language: str) -> List[str]:
-    return [body for lang, body in BLOCK.findall(DOC.read_text(encoding="utf-8")) if lang == language]
+    return [body for lang, body in BLOCK.findall(chapter_text()) if lang == language]
 
 
 def shown_files() -> List[Tuple[str, str]]:
     """(path, block) for each 'examples/configs/x`:' followed by its code block."""
-    text = DOC.read_text(encoding="utf-8")
+    text = chapter_text()
     pattern = re.compile(r"`(examples/configs/[\w.-]+)`:\n\n```\w*\n(.*?)```", re.DOTALL)
     return pattern.findall(text)
 

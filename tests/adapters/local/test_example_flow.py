@@ -34,10 +34,10 @@ class TestExampleFlow:
             assert backend.run_and_return({"n": 10}, None, "sum_of_squares", flow=example.flow) == 385
 
     def test_the_docs_snippet_runs_and_prints_what_the_docs_say(self, capsys, monkeypatch) -> None:
-        text = (ROOT / "docs" / "local-backend.md").read_text(encoding="utf-8")
+        text = (ROOT / "README.md").read_text(encoding="utf-8")
         snippet = re.search(r"<!-- example start -->\n```python\n(.*?)```", text, re.S).group(1)
         printed = re.search(r"<!-- example output -->\n```\n(.*?)```", text, re.S).group(1)
         monkeypatch.chdir(ROOT)
         monkeypatch.syspath_prepend(str(ROOT))
-        exec(compile(snippet, "docs/local-backend.md", "exec"), {"__name__": "__main__"})
+        exec(compile(snippet, "README.md", "exec"), {"__name__": "__main__"})
         assert capsys.readouterr().out == printed
