@@ -188,7 +188,10 @@ class Worker:
         self.flows: "OrderedDict[int, Any]" = OrderedDict()
 
     def serve(self) -> None:
-        self.channel.send((READY, os.getpid()))
+        try:
+            self.channel.send((READY, os.getpid()))
+        except (BrokenPipeError, EOFError, OSError):
+            return  # killed (cancel, time-out, close) before it was ready: nothing to report
         while True:
             try:
                 data = self.channel.conn.recv_bytes()
