@@ -491,6 +491,30 @@ def _flow_run_options(function: Any) -> Any:
     return function
 
 
+def _submit_flow_run(
+    state: CliState,
+    flow_spec: Optional[str],
+    params: Sequence[str],
+    run_config_file: Optional[str],
+    flow_id: Optional[str],
+    project: Optional[str],
+) -> Tuple[SchedulingService, str]:
+    """Check the options of `run`/`submit`, load what they name, and submit the run.
+
+    Everything the user gave is checked (and FLOW loaded) before a backend starts.
+
+    Returns:
+        The service the run went to, and the flow run id.
+    """
+    _check_target_arguments(flow_spec, flow_id, project)
+    parameters = parse_parameters(params)
+    run_config = read_run_config(run_config_file) if run_config_file else None
+    flow = load_flow(flow_spec) if flow_spec is not None else None
+    service = state.service()
+    target = _run_target(state, service, flow, flow_id, project)
+    return service, service.submit(parameters, run_config, **target)
+
+
 @cli.command()
 @_flow_run_options
 @_task_option
@@ -515,13 +539,7 @@ def run(
     FLOW first.
     """
     _use_backend(state, backend)
-    _check_target_arguments(flow_spec, flow_id, project)
-    parameters = parse_parameters(params)
-    run_config = read_run_config(run_config_file) if run_config_file else None
-    flow = load_flow(flow_spec) if flow_spec is not None else None
-    service = state.service()
-    target = _run_target(state, service, flow, flow_id, project)
-    flow_run_id = service.submit(parameters, run_config, **target)
+    service, flow_run_id = _submit_flow_run(state, flow_spec, params, run_config_file, flow_id, project)
     state.progress(f"flow run {flow_run_id} submitted to the {state.settings().backend} backend")
     _wait_with_progress(state, service, flow_run_id, timeout)
     emit_json(service.result(flow_run_id, task_name))
@@ -542,13 +560,8 @@ def submit(
     """Start a flow run on a server backend and print its id."""
     _use_backend(state, backend)
     _require_server_kind(state, "submit")
-    _check_target_arguments(flow_spec, flow_id, project)
-    parameters = parse_parameters(params)
-    run_config = read_run_config(run_config_file) if run_config_file else None
-    flow = load_flow(flow_spec) if flow_spec is not None else None
-    service = state.service()
-    target = _run_target(state, service, flow, flow_id, project)
-    click.echo(service.submit(parameters, run_config, **target))
+    _, flow_run_id = _submit_flow_run(state, flow_spec, params, run_config_file, flow_id, project)
+    click.echo(flow_run_id)
 
 
 @cli.command()
