@@ -211,12 +211,11 @@ class InMemoryBackend(Backend):
             f"run_config_type={self.run_config_type.__name__}, flows={flows}, flow_runs={runs})"
         )
 
-    @_recorded
-    def close(self) -> None:
+    def _close(self) -> None:
         """Cancel every run that has not ended (hanging ones), waking waiters.
 
-        Idempotent. The fake starts no thread or process, so nothing else is
-        left; it stays usable afterwards (it holds no resources).
+        The fake starts no thread or process, so nothing else is left. As every
+        backend, it refuses every call afterwards (`BackendUnavailableError`).
         """
         with self._lock:
             open_runs = [run for run in self._runs.values() if not run.state.is_final]
@@ -225,6 +224,7 @@ class InMemoryBackend(Backend):
 
     # ------------------------------------------------- the public operations
 
+    close = _recorded(Backend.close)
     create_project = _recorded(Backend.create_project)
     register_flow = _recorded(Backend.register_flow)
     load_flow = _recorded(Backend.load_flow)

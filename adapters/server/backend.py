@@ -133,6 +133,8 @@ class ServerBackend(Backend):
         self._lock = threading.Lock()
         self._flows: Dict[str, _FlowInfo] = {}
         self._tracked: "OrderedDict[str, _Tracked]" = OrderedDict()
+        # Set by close(): waits in other threads stop at once instead of polling on.
+        self._closing = threading.Event()
 
     @property
     def config(self) -> PrefectServerConfig:
@@ -194,6 +196,11 @@ class ServerBackend(Backend):
         )
 
     # ------------------------------------------------------- server operations
+
+    def _close(self) -> None:
+        # Nothing to release (each request opens its own session); runs go on
+        # on the server. Waits in progress in other threads stop now.
+        self._closing.set()
 
     def _create_project(self, project_name: str) -> None:
         with self._translated("create_project"):
@@ -355,7 +362,9 @@ class ServerBackend(Backend):
                 next_poll = min(next_poll, deadline)
             pause = next_poll - time.monotonic()
             if pause > 0:
-                time.sleep(pause)
+                self._closing.wait(pause)
+            if self._closing.is_set():
+                raise BackendUnavailableError(type(self).__name__, "it was closed")
             state, labels = self._poll(flow_run_id)
             if state.is_final:
                 return state
