@@ -46,7 +46,7 @@ from lume_scheduling.domain.image import image_reference_problem
 from ..prefect_flows import flow_run_state as local_flow_run_state
 from ..prefect_flows import is_prefect_flow, task_run_state
 from .client import ServerClient, graphql_message
-from .config import PrefectServerConfig
+from .config import PrefectConfig, PrefectServerConfig, server_config_from
 from .run_configs import describe, to_prefect_run_config
 
 logger = logging.getLogger("lume_scheduling.server")
@@ -115,19 +115,22 @@ class ServerBackend(Backend):
     """A backend whose flows run on a Prefect 1 Server's agents.
 
     Args:
-        config: The server and the polling settings; None is the default
-            `PrefectServerConfig` (a server on localhost:4200).
+        config: The server and the polling settings: a `PrefectServerConfig`, or
+            the same in lume-services' shape (a `PrefectConfig`, or lume-services'
+            own ``PrefectConfig`` object), converted by `server_config_from`;
+            None is the default `PrefectServerConfig` (a server on localhost:4200).
+
+    Raises:
+        TypeError: ``config`` is none of these.
+        pydantic.ValidationError: lume-services' config has an invalid field.
 
     Subclasses set `run_config_type` (`DockerBackend`, `KubernetesBackend`).
     """
 
     run_config_type: ClassVar[Type[RunConfig]] = RunConfig
 
-    def __init__(self, config: Optional[PrefectServerConfig] = None) -> None:
-        if config is None:
-            config = PrefectServerConfig()
-        if not isinstance(config, PrefectServerConfig):
-            raise TypeError(f"config must be a PrefectServerConfig, not {type(config).__name__}")
+    def __init__(self, config: Union[PrefectServerConfig, PrefectConfig, Any, None] = None) -> None:
+        config = server_config_from(config)
         self._config = config
         self._client = ServerClient(config)
         self._lock = threading.Lock()
@@ -138,7 +141,8 @@ class ServerBackend(Backend):
 
     @property
     def config(self) -> PrefectServerConfig:
-        """The connection settings (the API key stays a SecretStr)."""
+        """The connection settings (the API key stays a SecretStr); a
+        `PrefectServerConfig` however the backend was configured."""
         return self._config
 
     @property
