@@ -31,7 +31,7 @@ import warnings
 from abc import abstractmethod
 import threading
 import uuid
-from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Type, TypeVar
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Type, TypeVar, cast
 
 from prefect.run_configs import LocalRun
 from prefect.run_configs import RunConfig as PrefectRunConfig
@@ -117,13 +117,14 @@ class _TakesOtherKindsFields(RunConfig):
 
     @root_validator(pre=True)
     def _leave_out_other_kinds_fields(cls, values: Dict[str, Any]) -> Dict[str, Any]:
-        foreign = foreign_run_config_fields(cls, values)
-        unknown = set(values) - set(cls.__fields__) - set(foreign)
+        model = cast(Type[RunConfig], cls)  # a class method, as every pydantic validator
+        foreign = foreign_run_config_fields(model, values)
+        unknown = set(values) - set(model.__fields__) - set(foreign)
         if not foreign or unknown:
             return values  # nothing to leave out, or refused anyway: no warning
         named = ", ".join(f"{name} (a field of {' and '.join(kinds)} run configs)" for name, kinds in sorted(foreign.items()))
         warnings.warn(
-            f"{cls.__name__} ignores {named}, as lume-services' run configs did",
+            f"{model.__name__} ignores {named}, as lume-services' run configs did",
             UserWarning,
             stacklevel=_stacklevel_outside("pydantic", __name__),
         )
@@ -137,8 +138,8 @@ class LocalRunConfig(_TakesOtherKindsFields, _LocalRunConfig):
     def build(self) -> PrefectRunConfig:
         """The Prefect ``LocalRun`` of this run config (labels, env, working_dir)."""
         return LocalRun(
-            env=None if self.env is None else dict(self.env),
-            working_dir=self.working_dir,
+            env=None if self.env is None else dict(self.env),  # type: ignore[arg-type]  # None: no env
+            working_dir=self.working_dir,  # type: ignore[arg-type]  # None: the current directory
             labels=list(self.labels),
         )
 
@@ -315,16 +316,18 @@ class LumeServicesBackend(BaseModel, _Port):
         return flow_run_id
 
     def _success_record(self, flow_run_id: str, request: FlowRunRequest, values: Any) -> FlowRunResult:
-        common = {"flow_run_id": flow_run_id, "flow_id": request.flow_id, "flow_name": getattr(request.flow, "name", None)}
+        flow_name = getattr(request.flow, "name", None)
         if not isinstance(values, Mapping):
             return FlowRunResult(
+                flow_run_id=flow_run_id,
+                flow_id=request.flow_id,
                 state=FlowRunState.FAILED,
                 message=(
                     f"{type(self).__name__}.run_and_return(task_name=None) returned "
                     f"{type(values).__name__}, not a mapping of task slugs to values"
                 ),
+                flow_name=flow_name,
                 exception_type="TypeError",
-                **common,
             )
         names = _task_names(request.flow)
         task_runs = tuple(
@@ -336,7 +339,13 @@ class LumeServicesBackend(BaseModel, _Port):
             )
             for slug, value in values.items()
         )
-        return FlowRunResult(state=FlowRunState.SUCCESS, task_runs=task_runs, **common)
+        return FlowRunResult(
+            flow_run_id=flow_run_id,
+            flow_id=request.flow_id,
+            state=FlowRunState.SUCCESS,
+            task_runs=task_runs,
+            flow_name=flow_name,
+        )
 
     def _record(self, flow_run_id: str) -> FlowRunResult:
         with self._records_lock:

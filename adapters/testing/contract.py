@@ -755,7 +755,7 @@ class ArgumentContract(BackendFixtures):
         with pytest.raises(TypeError, match="project_name"):
             backend.create_project(42)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="flow_name"):
-            backend.load_flow(flows.arithmetic_flow, project_name)
+            backend.load_flow(flows.arithmetic_flow, project_name)  # type: ignore[arg-type]
         backend.create_project(project_name)
         bad: List[Dict[str, Any]] = [
             {"labels": "lume-services"},
