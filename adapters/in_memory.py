@@ -153,6 +153,10 @@ class InMemoryBackend(Backend):
     Scripting (by flow name, until `clear_scripts`): `script_failure`,
     `script_hang`, `script_empty_result`, `script_unavailable`.
 
+    ``close`` cancels hanging runs; afterwards every call of the port raises
+    `BackendUnavailableError`, as on every backend (the records, `calls` and
+    `submitted`, can still be read).
+
     Thread-safe: one lock guards the state; it is never held while a flow runs.
 
     Args:
