@@ -17,7 +17,9 @@ _PUBLIC_NAMES = {
     "DockerBackend": "lume_scheduling.adapters.server",
     "KubernetesBackend": "lume_scheduling.adapters.server",
     "PrefectServerConfig": "lume_scheduling.adapters.server",
+    "PrefectConfig": "lume_scheduling.adapters.server",
     "Container": "lume_scheduling.adapters.container",
+    "LumeServicesBackend": "lume_scheduling.adapters.lume_services",
 }
 
 __all__ = sorted(_PUBLIC_NAMES)

@@ -153,6 +153,10 @@ class InMemoryBackend(Backend):
     Scripting (by flow name, until `clear_scripts`): `script_failure`,
     `script_hang`, `script_empty_result`, `script_unavailable`.
 
+    ``close`` cancels hanging runs; afterwards every call of the port raises
+    `BackendUnavailableError`, as on every backend (the records, `calls` and
+    `submitted`, can still be read).
+
     Thread-safe: one lock guards the state; it is never held while a flow runs.
 
     Args:
@@ -211,12 +215,11 @@ class InMemoryBackend(Backend):
             f"run_config_type={self.run_config_type.__name__}, flows={flows}, flow_runs={runs})"
         )
 
-    @_recorded
-    def close(self) -> None:
+    def _close(self) -> None:
         """Cancel every run that has not ended (hanging ones), waking waiters.
 
-        Idempotent. The fake starts no thread or process, so nothing else is
-        left; it stays usable afterwards (it holds no resources).
+        The fake starts no thread or process, so nothing else is left. As every
+        backend, it refuses every call afterwards (`BackendUnavailableError`).
         """
         with self._lock:
             open_runs = [run for run in self._runs.values() if not run.state.is_final]
@@ -225,6 +228,7 @@ class InMemoryBackend(Backend):
 
     # ------------------------------------------------- the public operations
 
+    close = _recorded(Backend.close)
     create_project = _recorded(Backend.create_project)
     register_flow = _recorded(Backend.register_flow)
     load_flow = _recorded(Backend.load_flow)

@@ -26,9 +26,11 @@ import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from datetime import timedelta
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Type, Union
+from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Type, Union
 
 from lume_scheduling.domain import (
+    RUN_CONFIG_TYPES,
+    BackendUnavailableError,
     FlowRunResult,
     FlowRunState,
     FlowRunTimeoutError,
@@ -95,25 +97,39 @@ def resolve_run_config(
     kwargs: Mapping[str, Any],
     *,
     caller: str = "run",
+    backend: Optional[str] = None,
 ) -> RunConfig:
     """Turn ``run_config`` or keyword arguments into a run config of the right type.
 
-    The one place the seed's rule lives: keyword arguments build the run config;
-    when both are given, warn and use ``run_config``.
+    The one place the seed's rules live: keyword arguments build the run config;
+    when both are given, warn and use ``run_config``. A keyword argument that is
+    a field of another kind of run config (``image`` on the local backend,
+    ``working_dir`` on Docker...) is left out with a `UserWarning` naming it and
+    the run config kind, because LUME services pass the same keyword arguments
+    to every backend (lume-services' ``Flow.run_and_return`` always passes
+    ``image=``). A keyword no run config knows is still refused. A ``run_config``
+    given as an object or a mapping is taken strictly: it names every field.
 
     Args:
         run_config_type: The backend's run config model.
         run_config: A run config, a mapping of its fields, or None.
         kwargs: Keyword arguments meant for the run config's fields.
-        caller: The method's name, for the warning.
+        caller: The method's name, for the warnings.
+        backend: The backend's name, for the warnings (default: the model's).
 
     Returns:
         A validated instance of ``run_config_type``.
 
     Raises:
-        pydantic.ValidationError: The fields are invalid, unknown, or belong to
-            another kind of run config.
+        pydantic.ValidationError: The fields are invalid or unknown to every run
+            config, or ``run_config`` is of another kind and does not fit.
+        TypeError: ``run_config`` is neither a run config, a mapping nor None.
     """
+    if run_config is not None and not isinstance(run_config, (RunConfig, Mapping)):
+        raise TypeError(
+            f"run_config must be a {run_config_type.__name__}, a mapping of its fields or None, "
+            f"not {type(run_config).__name__}"
+        )
     if run_config is not None and kwargs:
         warnings.warn(
             f"both run_config and keyword arguments ({', '.join(sorted(kwargs))}) were "
@@ -122,13 +138,65 @@ def resolve_run_config(
             stacklevel=_caller_stacklevel(),
         )
     if run_config is None:
-        return run_config_type(**kwargs)
+        foreign = foreign_run_config_fields(run_config_type, kwargs)
+        built = run_config_type(**{name: value for name, value in kwargs.items() if name not in foreign})
+        if foreign:
+            warnings.warn(
+                _foreign_fields_message(run_config_type, foreign, caller, backend),
+                UserWarning,
+                stacklevel=_caller_stacklevel(),
+            )
+        return built
     if isinstance(run_config, run_config_type):
         return run_config
     if isinstance(run_config, RunConfig):
         # Another kind: revalidate its fields, so the error names what does not fit.
         return run_config_type.parse_obj(run_config.dict(exclude_unset=True))
     return run_config_type.parse_obj(run_config)
+
+
+def foreign_run_config_fields(
+    run_config_type: Type[RunConfig], names: Iterable[str]
+) -> Dict[str, List[str]]:
+    """Which of ``names`` are fields of other kinds of run config, not of this one.
+
+    Args:
+        run_config_type: The run config model the names are meant for.
+        names: Field names, e.g. a call's keyword arguments.
+
+    Returns:
+        ``{name: [kind, ...]}`` for each name ``run_config_type`` lacks and a
+        local, docker or kubernetes run config has (kinds sorted). Names no run
+        config knows are not listed: they stay errors.
+    """
+    own = set(run_config_type.__fields__)
+    found: Dict[str, List[str]] = {}
+    for name in names:
+        if name in own:
+            continue
+        kinds = sorted(
+            kind
+            for kind, model in RUN_CONFIG_TYPES.items()
+            if name in model.__fields__ and not issubclass(run_config_type, model)
+        )
+        if kinds:
+            found[name] = kinds
+    return found
+
+
+def _foreign_fields_message(
+    run_config_type: Type[RunConfig], foreign: Mapping[str, List[str]], caller: str, backend: Optional[str]
+) -> str:
+    who = f"{backend}.{caller}()" if backend else f"{caller}()"
+    kind = getattr(run_config_type, "kind", "")
+    of_kind = f" (kind {kind!r})" if kind and kind != "base" else ""
+    parts = [
+        f"{name} (a field of {' and '.join(kinds)} run configs)" for name, kinds in sorted(foreign.items())
+    ]
+    return (
+        f"{who} ignores {', '.join(parts)}: this backend runs {run_config_type.__name__}{of_kind}, "
+        "which has no such field"
+    )
 
 
 def _caller_stacklevel() -> int:
@@ -169,9 +237,38 @@ def check_parameters(parameters: Optional[Mapping[str, Any]], argument: str = "p
 
 
 def _check_name(argument: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
+    """A required name: a wrong type is a TypeError, an empty one a ValueError."""
+    if not isinstance(value, str):
+        raise TypeError(f"{argument} must be a string, not {type(value).__name__}")
+    if not value.strip():
         raise ValueError(f"{argument} must be a non-empty string, not {value!r}")
     return value
+
+
+def _check_optional_name(argument: str, value: Any) -> Optional[str]:
+    """As `_check_name`, with None allowed."""
+    return None if value is None else _check_name(argument, value)
+
+
+def _check_flag(argument: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{argument} must be True or False, not {type(value).__name__}")
+    return value
+
+
+def _check_labels(labels: Any) -> Optional[List[str]]:
+    """None, or a list of non-empty strings (a str is refused: it is not a list)."""
+    if labels is None:
+        return None
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, (list, tuple, set, frozenset)):
+        raise TypeError(f"labels must be a list of strings, not {type(labels).__name__}")
+    checked = list(labels)
+    for position, label in enumerate(checked):
+        if not isinstance(label, str):
+            raise TypeError(f"label {position} must be a string, not {type(label).__name__}")
+        if not label.strip():
+            raise ValueError(f"label {position} is empty")
+    return checked
 
 
 class Backend(ABC):
@@ -179,11 +276,19 @@ class Backend(ABC):
 
     Subclasses set `run_config_type`, declare `capabilities`, and implement the
     hooks `_submit`, `_get_state`, `_wait`, `_get_result` and `_cancel` (plus
-    `_create_project`, `_register_flow`, `_load_flow` when they have a server).
-    Implementations are safe to call from several threads at once.
+    `_create_project`, `_register_flow`, `_load_flow` when they have a server,
+    and `_close` when they hold something). Implementations are safe to call
+    from several threads at once.
+
+    Arguments are checked the same way on every backend, before anything runs:
+    a wrong type is a `TypeError`, an empty name a `ValueError`, both naming the
+    argument. After `close`, every public method raises `BackendUnavailableError`
+    (``close`` itself may be called again; ``capabilities`` can still be read).
     """
 
     run_config_type: ClassVar[Type[RunConfig]] = RunConfig
+    # Set by `close`; an instance attribute from then on.
+    _closed: bool = False
 
     # ------------------------------------------------------------------ identity
 
@@ -192,11 +297,21 @@ class Backend(ABC):
     def capabilities(self) -> BackendCapabilities:
         """What this backend can do (see `BackendCapabilities`)."""
 
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called: every call is refused from then on."""
+        return self._closed
+
     def close(self) -> None:
         """Release what the backend holds (workers, connections). Idempotent.
 
-        Postcondition: no process or thread started by the backend is left.
+        Postcondition: no process or thread started by the backend is left, and
+        every later call raises `BackendUnavailableError`. Runs that have not
+        ended are handled as the backend documents (the local backend and the
+        fake cancel theirs; a server's runs go on, on the server).
         """
+        self._closed = True
+        self._close()
 
     def __enter__(self) -> "Backend":
         return self
@@ -211,9 +326,12 @@ class Backend(ABC):
 
         Raises:
             LocalBackendError: The backend has no server.
+            TypeError: ``project_name`` is not a string.
             ValueError: ``project_name`` is empty.
-            BackendUnavailableError: The server cannot be reached.
+            BackendUnavailableError: The server cannot be reached, or the
+                backend was closed.
         """
+        self._check_open()
         self._require_server("create_project")
         self._create_project(_check_name("project_name", project_name))
 
@@ -248,20 +366,27 @@ class Backend(ABC):
 
         Raises:
             LocalBackendError: The backend has no server.
-            ValueError: ``project_name`` is empty or unknown to the server.
-            BackendUnavailableError: The server cannot be reached.
+            TypeError: An argument of the wrong type (``flow`` not a Prefect
+                flow, a name not a string, ``labels`` not a list of strings, a
+                flag not a bool).
+            ValueError: ``project_name`` is empty or unknown to the server, or
+                ``image``, a label, ``idempotency_key`` or ``version_group_id`` is
+                empty.
+            BackendUnavailableError: The server cannot be reached, or the
+                backend was closed.
         """
+        self._check_open()
         self._require_server("register_flow")
         return self._register_flow(
             flow,
             _check_name("project_name", project_name),
-            image=image,
-            labels=None if labels is None else list(labels),
-            idempotency_key=idempotency_key,
-            version_group_id=version_group_id,
-            build=build,
-            no_url=no_url,
-            set_schedule_active=set_schedule_active,
+            image=_check_optional_name("image", image),
+            labels=_check_labels(labels),
+            idempotency_key=_check_optional_name("idempotency_key", idempotency_key),
+            version_group_id=_check_optional_name("version_group_id", version_group_id),
+            build=_check_flag("build", build),
+            no_url=_check_flag("no_url", no_url),
+            set_schedule_active=_check_flag("set_schedule_active", set_schedule_active),
         )
 
     def load_flow(self, flow_name: str, project_name: str) -> Dict[str, Any]:
@@ -272,9 +397,12 @@ class Backend(ABC):
 
         Raises:
             LocalBackendError: The backend has no server.
+            TypeError, ValueError: A name is not a string, or is empty.
             FlowNotFoundError: No flow of that name in that project.
-            BackendUnavailableError: The server cannot be reached.
+            BackendUnavailableError: The server cannot be reached, or the
+                backend was closed.
         """
+        self._check_open()
         self._require_server("load_flow")
         return self._load_flow(
             _check_name("flow_name", flow_name), _check_name("project_name", project_name)
@@ -301,16 +429,21 @@ class Backend(ABC):
                 either).
             flow_id: The registered flow to run (backends with ``server``).
             **kwargs: Fields of the run config, used when ``run_config`` is None.
+                A field of another kind of run config is ignored with a
+                `UserWarning` (see `resolve_run_config`).
 
         Returns:
             The flow run id. Postcondition: the run exists, in any state.
 
         Raises:
             pydantic.ValidationError: Invalid run configuration; nothing ran.
-            TypeError: Bad ``parameters``, or the wrong one of ``flow``/``flow_id``.
+            TypeError: Bad ``parameters`` or ``run_config``, the wrong one of
+                ``flow``/``flow_id``, or a ``flow_id`` that is not a string.
+            ValueError: An empty ``flow_id``.
             FlowNotFoundError: ``flow_id`` is unknown.
-            BackendUnavailableError: The backend cannot be reached.
+            BackendUnavailableError: The backend cannot be reached, or was closed.
         """
+        self._check_open()
         request = self._request(parameters, run_config, flow, flow_id, kwargs, "submit")
         return self._submit(request)
 
@@ -318,9 +451,11 @@ class Backend(ABC):
         """The current state of a flow run.
 
         Raises:
+            TypeError, ValueError: ``flow_run_id`` is not a string, or is empty.
             FlowRunNotFoundError: Unknown id.
-            BackendUnavailableError: The backend cannot be reached.
+            BackendUnavailableError: The backend cannot be reached, or was closed.
         """
+        self._check_open()
         return self._get_state(_check_name("flow_run_id", flow_run_id))
 
     def wait(self, flow_run_id: str, timeout: Timeout = None) -> FlowRunState:
@@ -336,28 +471,26 @@ class Backend(ABC):
         Raises:
             FlowRunTimeoutError: Still not ended when ``timeout`` passed; the run
                 is left as it is (see `cancel`).
+            TypeError, ValueError: A bad ``flow_run_id`` or ``timeout``.
             FlowRunNotFoundError: Unknown id.
-            BackendUnavailableError: The backend cannot be reached.
+            BackendUnavailableError: The backend cannot be reached, or was closed.
         """
-        delta = as_timedelta(timeout)
-        state = self._wait(
-            _check_name("flow_run_id", flow_run_id),
-            None if delta is None else delta.total_seconds(),
-        )
-        if not state.is_final:
-            raise FlowRunTimeoutError(flow_run_id, delta)
-        return state
+        self._check_open()
+        return self._wait_final(_check_name("flow_run_id", flow_run_id), as_timedelta(timeout))
 
     def get_result(self, flow_run_id: str, *, timeout: Timeout = None) -> FlowRunResult:
         """The whole record of a flow run, once it has ended (waits for that).
 
         Raises:
             FlowRunTimeoutError: Not ended within ``timeout``.
+            TypeError, ValueError: A bad ``flow_run_id`` or ``timeout``.
             FlowRunNotFoundError: Unknown id.
-            BackendUnavailableError: The backend cannot be reached.
+            BackendUnavailableError: The backend cannot be reached, or was closed.
         """
-        self.wait(flow_run_id, timeout)
-        return self._get_result(flow_run_id)
+        self._check_open()
+        checked = _check_name("flow_run_id", flow_run_id)
+        self._wait_final(checked, as_timedelta(timeout))
+        return self._get_result(checked)
 
     def result(
         self, flow_run_id: str, task_name: Optional[str] = None, *, timeout: Timeout = None
@@ -370,14 +503,16 @@ class Backend(ABC):
             FlowRunTimeoutError: Not ended within ``timeout``, or it timed out.
             TaskNotInFlowError, TaskNotCompletedError, EmptyResultError: See
                 `lume_scheduling.domain.select_task_result`.
+            TypeError, ValueError: A bad ``flow_run_id``, ``task_name`` or
+                ``timeout``.
             FlowRunNotFoundError: Unknown id.
+            BackendUnavailableError: The backend cannot be reached, or was closed.
         """
-        self.wait(flow_run_id, timeout)
-        record = self._get_task_result(flow_run_id, task_name)
-        failure = record.failure()
-        if failure is not None:
-            raise failure
-        return record.select(task_name)
+        self._check_open()
+        checked = _check_name("flow_run_id", flow_run_id)
+        task_name = _check_optional_name("task_name", task_name)
+        self._wait_final(checked, as_timedelta(timeout))
+        return self._selected_result(checked, task_name)
 
     def cancel(self, flow_run_id: str) -> bool:
         """Stop a flow run that has not ended.
@@ -387,9 +522,11 @@ class Backend(ABC):
             had already ended (its state is unchanged).
 
         Raises:
+            TypeError, ValueError: ``flow_run_id`` is not a string, or is empty.
             FlowRunNotFoundError: Unknown id.
-            BackendUnavailableError: The backend cannot be reached.
+            BackendUnavailableError: The backend cannot be reached, or was closed.
         """
+        self._check_open()
         return self._cancel(_check_name("flow_run_id", flow_run_id))
 
     # ----------------------------------------------------- the seed's two calls
@@ -415,11 +552,12 @@ class Backend(ABC):
             FlowFailedError: (without ``server``) The run did not succeed.
             See `submit` for the rest.
         """
+        self._check_open()
         request = self._request(parameters, run_config, flow, flow_id, kwargs, "run")
         flow_run_id = self._submit(request)
         if self.capabilities.server:
             return flow_run_id
-        self.wait(flow_run_id)
+        self._wait_final(flow_run_id, None)
         failure = self._get_result(flow_run_id).failure()
         if failure is not None:
             raise failure
@@ -458,21 +596,46 @@ class Backend(ABC):
                 the run was stopped). It is a `RuntimeError` too.
             TaskNotInFlowError, TaskNotCompletedError, EmptyResultError: As in
                 `select_task_result`.
+            TypeError, ValueError: A bad ``task_name``, ``timeout`` or
+                ``cancel_on_timeout``; see `submit` for the others.
             FlowNotFoundError, BackendUnavailableError: As for `submit`.
         """
+        self._check_open()
         delta = as_timedelta(timeout)
+        task_name = _check_optional_name("task_name", task_name)
+        _check_flag("cancel_on_timeout", cancel_on_timeout)
         request = self._request(parameters, run_config, flow, flow_id, kwargs, "run_and_return")
         flow_run_id = self._submit(request)
         try:
-            self.wait(flow_run_id, delta)
+            self._wait_final(flow_run_id, delta)
         except FlowRunTimeoutError:
-            cancelled = self.cancel(flow_run_id) if cancel_on_timeout else False
+            cancelled = self._cancel(flow_run_id) if cancel_on_timeout else False
             raise FlowRunTimeoutError(
                 flow_run_id, delta, cancelled=cancelled, flow_id=request.flow_id
             ) from None
-        return self.result(flow_run_id, task_name)
+        return self._selected_result(flow_run_id, task_name)
 
     # ------------------------------------------------------------ shared rules
+
+    def _check_open(self) -> None:
+        """Raise `BackendUnavailableError` once the backend was closed."""
+        if self._closed:
+            raise BackendUnavailableError(type(self).__name__, "it was closed")
+
+    def _wait_final(self, flow_run_id: str, delta: Optional[timedelta]) -> FlowRunState:
+        """`wait` without the checks: the final state, or FlowRunTimeoutError."""
+        state = self._wait(flow_run_id, None if delta is None else delta.total_seconds())
+        if not state.is_final:
+            raise FlowRunTimeoutError(flow_run_id, delta)
+        return state
+
+    def _selected_result(self, flow_run_id: str, task_name: Optional[str]) -> Any:
+        """The selected value of a run known to be final, or its failure."""
+        record = self._get_task_result(flow_run_id, task_name)
+        failure = record.failure()
+        if failure is not None:
+            raise failure
+        return record.select(task_name)
 
     def _require_server(self, operation: str) -> None:
         if not self.capabilities.server:
@@ -487,7 +650,9 @@ class Backend(ABC):
         kwargs: Mapping[str, Any],
         caller: str,
     ) -> FlowRunRequest:
-        config = resolve_run_config(self.run_config_type, run_config, kwargs, caller=caller)
+        config = resolve_run_config(
+            self.run_config_type, run_config, kwargs, caller=caller, backend=type(self).__name__
+        )
         checked = check_parameters(parameters)
         self._check_target(flow, flow_id)
         return FlowRunRequest(checked, config, flow=flow, flow_id=flow_id)
@@ -498,8 +663,12 @@ class Backend(ABC):
         Default: backends with ``server`` take ``flow_id``, others take ``flow``.
 
         Raises:
-            TypeError: The wrong one, both, or neither was given.
+            TypeError: The wrong one, both, or neither was given, or ``flow_id``
+                is not a string (a Flow object passed as ``flow_id``).
+            ValueError: ``flow_id`` is empty.
         """
+        if flow_id is not None:
+            _check_name("flow_id", flow_id)
         if (flow is None) == (flow_id is None):
             wanted = "flow_id=" if self.capabilities.server else "flow="
             raise TypeError(f"give exactly one of flow= or flow_id= (this backend takes {wanted})")
@@ -507,10 +676,12 @@ class Backend(ABC):
             raise TypeError("this backend runs registered flows: pass flow_id=, not flow=")
         if not self.capabilities.server and flow is None:
             raise TypeError("this backend has no server: pass the flow itself as flow=")
-        if flow_id is not None:
-            _check_name("flow_id", flow_id)
 
     # ------------------------------------------------------------ adapter hooks
+
+    def _close(self) -> None:
+        """Release what the backend holds; called once by each `close`. Default:
+        nothing to release."""
 
     def _create_project(self, project_name: str) -> None:
         raise LocalBackendError("create_project")

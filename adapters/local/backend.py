@@ -161,10 +161,11 @@ class LocalBackend(Backend):
         """How worker processes start; None when not isolated."""
         return self._start_method
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """Cancel the runs that have not ended, stop every worker process and
-        helper thread. Idempotent; also happens on garbage collection and at
-        interpreter exit.
+        helper thread (`close`; afterwards every call raises
+        `BackendUnavailableError`). Idempotent; the workers are also stopped on
+        garbage collection and at interpreter exit.
 
         In-process mode waits up to 5 s for each runner thread; a flow blocked in
         a C call may outlive that as a daemon thread (see the module `_threads`).
@@ -268,7 +269,9 @@ class LocalBackend(Backend):
 
         Raises:
             FlowRunNotFoundError: Unknown id.
+            BackendUnavailableError: The backend was closed.
         """
+        self._check_open()
         return self._runs.get(flow_run_id).run_config
 
     def get_labels(self, flow_run_id: str) -> List[str]:
@@ -276,7 +279,9 @@ class LocalBackend(Backend):
 
         Raises:
             FlowRunNotFoundError: Unknown id.
+            BackendUnavailableError: The backend was closed.
         """
+        self._check_open()
         return list(self._runs.get(flow_run_id).run_config.labels)
 
     # ---------------------------------------------------------------- hooks

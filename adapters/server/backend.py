@@ -46,7 +46,7 @@ from lume_scheduling.domain.image import image_reference_problem
 from ..prefect_flows import flow_run_state as local_flow_run_state
 from ..prefect_flows import is_prefect_flow, task_run_state
 from .client import ServerClient, graphql_message
-from .config import PrefectServerConfig
+from .config import PrefectConfig, PrefectServerConfig, server_config_from
 from .run_configs import describe, to_prefect_run_config
 
 logger = logging.getLogger("lume_scheduling.server")
@@ -115,28 +115,34 @@ class ServerBackend(Backend):
     """A backend whose flows run on a Prefect 1 Server's agents.
 
     Args:
-        config: The server and the polling settings; None is the default
-            `PrefectServerConfig` (a server on localhost:4200).
+        config: The server and the polling settings: a `PrefectServerConfig`, or
+            the same in lume-services' shape (a `PrefectConfig`, or lume-services'
+            own ``PrefectConfig`` object), converted by `server_config_from`;
+            None is the default `PrefectServerConfig` (a server on localhost:4200).
+
+    Raises:
+        TypeError: ``config`` is none of these.
+        pydantic.ValidationError: lume-services' config has an invalid field.
 
     Subclasses set `run_config_type` (`DockerBackend`, `KubernetesBackend`).
     """
 
     run_config_type: ClassVar[Type[RunConfig]] = RunConfig
 
-    def __init__(self, config: Optional[PrefectServerConfig] = None) -> None:
-        if config is None:
-            config = PrefectServerConfig()
-        if not isinstance(config, PrefectServerConfig):
-            raise TypeError(f"config must be a PrefectServerConfig, not {type(config).__name__}")
+    def __init__(self, config: Union[PrefectServerConfig, PrefectConfig, Any, None] = None) -> None:
+        config = server_config_from(config)
         self._config = config
         self._client = ServerClient(config)
         self._lock = threading.Lock()
         self._flows: Dict[str, _FlowInfo] = {}
         self._tracked: "OrderedDict[str, _Tracked]" = OrderedDict()
+        # Set by close(): waits in other threads stop at once instead of polling on.
+        self._closing = threading.Event()
 
     @property
     def config(self) -> PrefectServerConfig:
-        """The connection settings (the API key stays a SecretStr)."""
+        """The connection settings (the API key stays a SecretStr); a
+        `PrefectServerConfig` however the backend was configured."""
         return self._config
 
     @property
@@ -194,6 +200,11 @@ class ServerBackend(Backend):
         )
 
     # ------------------------------------------------------- server operations
+
+    def _close(self) -> None:
+        # Nothing to release (each request opens its own session); runs go on
+        # on the server. Waits in progress in other threads stop now.
+        self._closing.set()
 
     def _create_project(self, project_name: str) -> None:
         with self._translated("create_project"):
@@ -355,7 +366,9 @@ class ServerBackend(Backend):
                 next_poll = min(next_poll, deadline)
             pause = next_poll - time.monotonic()
             if pause > 0:
-                time.sleep(pause)
+                self._closing.wait(pause)
+            if self._closing.is_set():
+                raise BackendUnavailableError(type(self).__name__, "it was closed")
             state, labels = self._poll(flow_run_id)
             if state.is_final:
                 return state

@@ -45,7 +45,9 @@ import pytest
 
 from lume_scheduling.adapters.testing import flows
 from lume_scheduling.application import Backend, BackendCapabilities, FlowRunRequest
+from lume_scheduling.application.ports import foreign_run_config_fields
 from lume_scheduling.domain import (
+    BackendUnavailableError,
     EmptyResultError,
     FlowFailedError,
     FlowNotFoundError,
@@ -63,7 +65,9 @@ from lume_scheduling.domain import (
 __all__ = [
     "CAPABILITIES_KEY",
     "BackendContractSuite",
+    "ArgumentContract",
     "BackendFixtures",
+    "CloseContract",
     "FlowTargets",
     "LifecycleContract",
     "ProjectAndFlowContract",
@@ -138,7 +142,19 @@ def spy_on_submissions(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Lis
         seen.append(request)
         return submit(request)
 
-    monkeypatch.setattr(backend, "_submit", spy)
+    try:
+        monkeypatch.setattr(backend, "_submit", spy)
+    except (ValueError, TypeError, AttributeError):
+        # A pydantic model (lume-services' Backend was one) refuses instance
+        # attributes: wrap the class's hook, for this instance only.
+        hook = type(backend)._submit
+
+        def spy_method(self: Backend, request: FlowRunRequest) -> str:
+            if self is backend:
+                seen.append(request)
+            return hook(self, request)
+
+        monkeypatch.setattr(type(backend), "_submit", spy_method)
     return seen
 
 
@@ -232,6 +248,24 @@ def _assert_cancels(backend: Backend, flow_run_id: str) -> None:
 def _settle(backend: Backend, flow_run_id: str) -> FlowRunState:
     """Wait (boundedly) for a run to end and return its final state."""
     return backend.wait(flow_run_id, timeout=SETTLE_SECONDS)
+
+
+# A valid value for each field the suite passes to a backend of another kind.
+_FOREIGN_VALUES: Dict[str, Callable[[], Any]] = {
+    "image": lambda: "ghcr.io/slac-ml/lume-services:1.0",
+    "working_dir": os.getcwd,
+    "ports": lambda: [8080],
+}
+
+
+def _a_foreign_field(backend: Backend) -> Dict[str, Any]:
+    """``{name: value}`` of one field of another kind of run config than the
+    backend's (``image`` if it can), or ``{}`` if there is none."""
+    foreign = foreign_run_config_fields(backend.run_config_type, _FOREIGN_VALUES)
+    for name, value in _FOREIGN_VALUES.items():
+        if name in foreign:
+            return {name: value()}
+    return {}
 
 
 class ProjectAndFlowContract(BackendFixtures):
@@ -669,6 +703,118 @@ class TimeoutAndCancelContract(BackendFixtures):
         assert backend.get_state(flow_run_id) is FlowRunState.SUCCESS
 
 
+class ArgumentContract(BackendFixtures):
+    """Arguments are checked alike on every backend: a wrong type is a
+    `TypeError`, an empty name a `ValueError`, each naming the argument."""
+
+    def test_a_flow_object_as_flow_id_is_a_type_error(
+        self, backend: Backend, target: FlowTargets, submissions: List[FlowRunRequest]
+    ) -> None:
+        # lume-services' own test: backend.run(parameters, run_config, flow_id=flow).
+        for operation in ("run", "run_and_return", "submit"):
+            with pytest.raises(TypeError, match="flow_id"):
+                getattr(backend, operation)({}, flow_id=flows.arithmetic_flow)
+            with pytest.raises(ValueError, match="flow_id"):
+                getattr(backend, operation)({}, flow_id="")
+        assert submissions == []
+
+    @pytest.mark.parametrize("operation", ["get_state", "wait", "result", "get_result", "cancel"])
+    def test_flow_run_ids_are_checked_by_type_then_by_value(
+        self, backend: Backend, operation: str
+    ) -> None:
+        with pytest.raises(TypeError, match="flow_run_id"):
+            getattr(backend, operation)(42)
+        with pytest.raises(TypeError, match="flow_run_id"):
+            getattr(backend, operation)(None)
+        with pytest.raises(ValueError, match="flow_run_id"):
+            getattr(backend, operation)(" ")
+
+    def test_task_name_and_flags_are_checked_before_anything_runs(
+        self, backend: Backend, target: FlowTargets, submissions: List[FlowRunRequest]
+    ) -> None:
+        flow = target(flows.arithmetic_flow)
+        with pytest.raises(TypeError, match="task_name"):
+            backend.run_and_return({}, task_name=1, **flow)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="task_name"):
+            backend.run_and_return({}, task_name="", **flow)
+        with pytest.raises(TypeError, match="cancel_on_timeout"):
+            backend.run_and_return({}, cancel_on_timeout="yes", **flow)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="run_config"):
+            backend.run_and_return({}, "docker", **flow)  # type: ignore[arg-type]
+        assert submissions == [], "a call with a bad argument reached the adapter's _submit"
+        flow_run_id = backend.submit({}, **flow)
+        with pytest.raises(TypeError, match="task_name"):
+            backend.result(flow_run_id, ["add"])  # type: ignore[arg-type]
+        assert _settle(backend, flow_run_id) is FlowRunState.SUCCESS
+
+    def test_server_operation_arguments_are_checked(
+        self, backend: Backend, project_name: str
+    ) -> None:
+        if _refused_without_server(backend, "create_project", 42):
+            return
+        with pytest.raises(TypeError, match="project_name"):
+            backend.create_project(42)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="flow_name"):
+            backend.load_flow(flows.arithmetic_flow, project_name)  # type: ignore[arg-type]
+        backend.create_project(project_name)
+        bad: List[Dict[str, Any]] = [
+            {"labels": "lume-services"},
+            {"labels": ["ok", 3]},
+            {"image": 3},
+            {"idempotency_key": 3},
+            {"build": "no"},
+            {"no_url": 1},
+            {"set_schedule_active": None},
+        ]
+        for options in bad:
+            with pytest.raises(TypeError, match=next(iter(options)).rstrip("s")):
+                backend.register_flow(flows.arithmetic_flow, project_name, **options)
+        for options in ({"labels": [""]}, {"image": ""}, {"version_group_id": ""}):
+            with pytest.raises(ValueError):
+                backend.register_flow(flows.arithmetic_flow, project_name, **options)
+        with pytest.raises(TypeError, match="flow"):
+            backend.register_flow("arithmetic", project_name)
+
+
+class CloseContract(BackendFixtures):
+    """After ``close()`` every call is refused with `BackendUnavailableError`."""
+
+    def test_every_call_after_close_raises_backend_unavailable(
+        self, backend: Backend, target: FlowTargets, project_name: str
+    ) -> None:
+        flow = target(flows.arithmetic_flow)  # registered (server backends) before closing
+        flow_run_id = backend.submit({}, **flow)
+        assert _settle(backend, flow_run_id) is FlowRunState.SUCCESS
+        backend.close()
+        calls: Dict[str, Callable[[], Any]] = {
+            "create_project": lambda: backend.create_project(project_name),
+            "register_flow": lambda: backend.register_flow(flows.arithmetic_flow, project_name),
+            "load_flow": lambda: backend.load_flow("arithmetic", project_name),
+            "submit": lambda: backend.submit({}, **flow),
+            "run": lambda: backend.run({}, **flow),
+            "run_and_return": lambda: backend.run_and_return({}, task_name="add", **flow),
+            "get_state": lambda: backend.get_state(flow_run_id),
+            "wait": lambda: backend.wait(flow_run_id, timeout=SETTLE_SECONDS),
+            "get_result": lambda: backend.get_result(flow_run_id),
+            "result": lambda: backend.result(flow_run_id, "add"),
+            "cancel": lambda: backend.cancel(flow_run_id),
+        }
+        outcomes: Dict[str, str] = {}
+        for operation, call in calls.items():
+            try:
+                call()
+            except BackendUnavailableError as err:
+                if "closed" not in str(err):
+                    outcomes[operation] = f"BackendUnavailableError not saying so: {err}"
+            except BaseException as err:  # reported below, with every other call
+                outcomes[operation] = f"{type(err).__name__}: {err}"
+            else:
+                outcomes[operation] = "it worked"
+        assert outcomes == {}, f"calls after close() that were not refused: {outcomes}"
+        backend.close()  # still idempotent
+        assert isinstance(backend.capabilities, BackendCapabilities)
+
+
 class RunConfigContract(BackendFixtures):
     """Run configs: validated before anything runs; ``run_config`` wins over kwargs."""
 
@@ -693,6 +839,66 @@ class RunConfigContract(BackendFixtures):
         with pytest.raises(pydantic.ValidationError):
             getattr(backend, operation)({}, {**run_config_fields, **bad_fields}, **flow)
         assert submissions == [], "an invalid run config reached the adapter's _submit"
+
+    @pytest.mark.parametrize("operation", ["run", "run_and_return", "submit"])
+    def test_an_unknown_key_is_refused_by_name(
+        self,
+        backend: Backend,
+        target: FlowTargets,
+        run_config_fields: Dict[str, Any],
+        submissions: List[FlowRunRequest],
+        operation: str,
+    ) -> None:
+        # Next to a field of another kind (ignored), an unknown key is still an error.
+        other = _a_foreign_field(backend)
+        with pytest.raises(pydantic.ValidationError, match="no_such_key"):
+            getattr(backend, operation)(
+                {}, **target(flows.arithmetic_flow), **run_config_fields, no_such_key=1, **other
+            )
+        assert submissions == []
+
+    def test_a_field_of_another_run_config_kind_is_ignored_with_a_warning(
+        self,
+        backend: Backend,
+        target: FlowTargets,
+        run_config_fields: Dict[str, Any],
+        submissions: List[FlowRunRequest],
+    ) -> None:
+        # lume-services' Flow.run_and_return passes image= on every backend.
+        other = _a_foreign_field(backend)
+        if not other:
+            return  # this backend's run config has every field of every kind
+        (name,) = other
+        flow = target(flows.arithmetic_flow)
+        with pytest.warns(UserWarning, match=name) as record:
+            result = backend.run_and_return(
+                {"x": 2, "y": 2}, task_name="add", **flow, **run_config_fields, **other
+            )
+        assert result == 4
+        (warning,) = [w for w in record if name in str(w.message)]
+        message = str(warning.message)
+        assert type(backend).__name__ in message and backend.run_config_type.__name__ in message
+        assert "ignores" in message
+        assert warning.filename == __file__, "the warning must name the caller's line"
+        (request,) = submissions
+        assert type(request.run_config) is backend.run_config_type
+        assert name not in request.run_config.dict()
+        # The seed's run() takes the same keyword arguments.
+        with pytest.warns(UserWarning, match=name):
+            flow_run_id = backend.run({}, **flow, **run_config_fields, **other)
+        if flow_run_id is not None:
+            assert _settle(backend, flow_run_id) is FlowRunState.SUCCESS
+
+    def test_a_run_config_of_another_kind_is_not_taken_for_this_one(
+        self, backend: Backend, target: FlowTargets, submissions: List[FlowRunRequest]
+    ) -> None:
+        # Given whole, a run config says what it is for: fields that do not fit are errors.
+        other = _a_foreign_field(backend)
+        if not other:
+            return
+        with pytest.raises(pydantic.ValidationError, match=next(iter(other))):
+            backend.run_and_return({}, other, **target(flows.arithmetic_flow))
+        assert submissions == []
 
     def test_keyword_arguments_build_the_backends_run_config(
         self,
@@ -766,6 +972,8 @@ class BackendContractSuite(
     LifecycleContract,
     TimeoutAndCancelContract,
     RunConfigContract,
+    ArgumentContract,
+    CloseContract,
 ):
     """Every contract test. Subclass it as ``Test...`` and define ``backend``."""
 

@@ -89,6 +89,33 @@ def square(x: float) -> float:
     return x * x
 
 
+@task(name="configure_lume_services")
+def configure_lume_services() -> None:
+    """Stands in for lume-services' task of this name: returns nothing."""
+    return None
+
+
+@task(name="append_text")
+def append_text(text1: str, text2: str) -> str:
+    """text1 + text2 (lume-services' test flow ``flow1``)."""
+    return text1 + text2
+
+
+@task(name="save_text_file")
+def save_text_file(obj: str, filename: str, filesystem_identifier: str) -> dict:
+    """Writes ``obj`` to ``filename``; returns the file's description, as
+    lume-services' ``SaveFile`` task returns a file's ``jsonable_dict()``."""
+    with open(filename, "w", encoding="utf-8") as text_file:
+        text_file.write(obj)
+    return {"filename": filename, "filesystem_identifier": filesystem_identifier, "file_type": "TextFile"}
+
+
+@task(name="failure_task")
+def failure_task() -> None:
+    """Fails with an AssertionError (lume-services' ``failure_flow``)."""
+    assert 1 == 2
+
+
 def _flow(name: str) -> Flow:
     # PrefectResult keeps each task's value in the server's database, so a real
     # Prefect Server agent leaves values the backends can read back.
@@ -141,6 +168,18 @@ with _flow("mapped") as mapped_flow:
 with _flow("partly_failing") as partly_failing_flow:
     tidy_up(upstream_tasks=[explode(Parameter("message", default="kaboom"))])
 
+# lume-services' test flows, by their names and task names: "flow1" appends
+# text1 and text2, saves the text to `filename` (save_text_file returns a dict)
+# after configure_lume_services, which returns nothing; "failure_flow" fails.
+with _flow("flow1") as lume_services_flow:
+    _configure = configure_lume_services()
+    _text = append_text(Parameter("text1"), Parameter("text2"))
+    _file = save_text_file(_text, Parameter("filename"), Parameter("filesystem_identifier"))
+    _file.set_upstream(_configure)
+
+with _flow("failure_flow") as lume_services_failure_flow:
+    failure_task()
+
 EXAMPLE_FLOWS: List[Flow] = [
     arithmetic_flow,
     unkept_flow,
@@ -151,6 +190,8 @@ EXAMPLE_FLOWS: List[Flow] = [
     environment_flow,
     mapped_flow,
     partly_failing_flow,
+    lume_services_flow,
+    lume_services_failure_flow,
 ]
 
 

@@ -67,8 +67,11 @@ class TestClose:
         backend.close()
         assert multiprocessing.active_children() == []
         assert set(threading.enumerate()) == threads_before
-        assert backend.get_state(running) is FlowRunState.CANCELLED
-        assert backend.get_state(finished) is FlowRunState.SUCCESS
+        # The run table (get_state itself is refused after close).
+        assert backend._runs.get(running).state is FlowRunState.CANCELLED
+        assert backend._runs.get(finished).state is FlowRunState.SUCCESS
+        with pytest.raises(BackendUnavailableError, match="closed"):
+            backend.get_state(running)
         backend.close()  # idempotent
 
     def test_a_closed_backend_refuses_new_runs(self) -> None:

@@ -59,4 +59,4 @@ class TestInProcess:
         time.sleep(0.1)
         backend.close()
         assert _runner_threads() == []
-        assert backend.get_state(running) is FlowRunState.CANCELLED
+        assert backend._runs.get(running).state is FlowRunState.CANCELLED

@@ -91,8 +91,8 @@ class TestRunConfigArguments:
     def test_invalid_run_config_raises_validation_error_before_running(self, isolated: LocalBackend, tmp_path) -> None:
         with pytest.raises(pydantic.ValidationError, match="working_dir"):
             isolated.run({}, flow=flows.arithmetic_flow, working_dir=str(tmp_path / "missing"))
-        with pytest.raises(pydantic.ValidationError, match="image"):
-            isolated.run({}, flow=flows.arithmetic_flow, image="python:3.11")
+        with pytest.raises(pydantic.ValidationError, match="no_such_key"):
+            isolated.run({}, flow=flows.arithmetic_flow, no_such_key="python:3.11")
         assert isolated._stats()["workers_started"] == 0  # nothing ran
 
 

@@ -217,10 +217,26 @@ class TestScripting:
         backend = InMemoryBackend(server=False)
         backend.script_hang("hanging")
         flow_run_id = backend.submit({}, flow=flows.hanging_flow)
+        ended: List[FlowRunState] = []
+        waiting = threading.Event()
+        hook = backend._wait
+
+        def entered(*args: object) -> FlowRunState:
+            waiting.set()  # past the port's checks: a close now must wake it
+            return hook(*args)  # type: ignore[arg-type]
+
+        backend._wait = entered  # type: ignore[method-assign]
+        waiter = threading.Thread(target=lambda: ended.append(backend.wait(flow_run_id, timeout=30)))
+        waiter.start()
+        assert waiting.wait(10)
         backend.close()
         backend.close()  # idempotent
-        assert backend.get_state(flow_run_id) is FlowRunState.CANCELLED
-        assert backend.operations == ["submit", "close", "close", "get_state"]
+        waiter.join(10)
+        # The wait in progress was woken by the cancel; later calls are refused.
+        assert ended == [FlowRunState.CANCELLED]
+        with pytest.raises(BackendUnavailableError, match="closed"):
+            backend.get_state(flow_run_id)
+        assert backend.operations == ["submit", "wait", "close", "close", "get_state"]
 
     def test_script_empty_result(self, local_backend: InMemoryBackend) -> None:
         local_backend.script_empty_result("arithmetic")
