@@ -46,6 +46,7 @@ from lume_scheduling.domain import (
     EmptyResultError,
     FlowFailedError,
     FlowNotFoundError,
+    FlowParameterError,
     FlowRunNotFoundError,
     FlowRunState,
     FlowRunTimeoutError,
@@ -347,7 +348,7 @@ def classify(err: BaseException) -> Tuple[int, List[str]]:
         return EXIT_UNAVAILABLE, [str(err)]
     if isinstance(err, (FlowNotFoundError, FlowRunNotFoundError)):
         return EXIT_NOT_FOUND, [str(err)]
-    if isinstance(err, (TaskNotInFlowError, LocalBackendError)):
+    if isinstance(err, (TaskNotInFlowError, LocalBackendError, FlowParameterError)):
         return EXIT_USAGE, [str(err)]
     if isinstance(err, (TypeError, ValueError)):
         return EXIT_USAGE, [f"invalid argument: {err}"]

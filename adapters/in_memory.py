@@ -19,8 +19,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
 
-from lume_scheduling.adapters.prefect_flows import execute_flow, is_prefect_flow
+from lume_scheduling.adapters.prefect_flows import execute_flow, flow_parameters, is_prefect_flow
 from lume_scheduling.application import Backend, BackendCapabilities, FlowRunRequest
+from lume_scheduling.application.ports import DeclaredParameters
 from lume_scheduling.domain import (
     BackendUnavailableError,
     FlowNotFoundError,
@@ -387,6 +388,15 @@ class InMemoryBackend(Backend):
             super()._check_target(flow, flow_id)
         if flow is not None:
             _check_flow(flow)
+
+    def _flow_parameters(self, flow: Any, flow_id: Optional[str]) -> Optional[DeclaredParameters]:
+        if flow_id is not None:
+            with self._lock:
+                registered = self._flows_by_id.get(flow_id)
+            if registered is None:
+                return None  # _submit raises FlowNotFoundError (or unavailable)
+            flow = registered.flow
+        return flow.name, flow_parameters(flow)
 
     def _submit(self, request: FlowRunRequest) -> str:
         with self._lock:

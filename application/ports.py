@@ -16,7 +16,9 @@ Life of a flow run, on every backend::
 
 No prefect, requests or docker exception crosses the port: adapters translate
 them into `lume_scheduling.domain` errors with ``raise ... from err``. Invalid
-run configuration raises `pydantic.ValidationError` before anything runs.
+run configuration raises `pydantic.ValidationError`, and parameters the flow
+does not declare (or required ones left out) raise `FlowParameterError`, before
+a run is created.
 """
 
 from __future__ import annotations
@@ -26,18 +28,23 @@ import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from datetime import timedelta
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Type, Union
+from typing import Any, ClassVar, Collection, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 from lume_scheduling.domain import (
+    FlowParameter,
     FlowRunResult,
     FlowRunState,
     FlowRunTimeoutError,
     LocalBackendError,
     RunConfig,
     as_timedelta,
+    check_flow_parameters,
 )
+from lume_scheduling.domain.parameters import missing_parameters
 
 Timeout = Union[timedelta, float, int, None]
+# What a flow declares: its name (for messages) and its parameters.
+DeclaredParameters = Tuple[Optional[str], Sequence[FlowParameter]]
 
 # Frames of these modules are skipped when a warning names its caller...
 _INTERNAL_MODULES = ("lume_scheduling.application.", "lume_scheduling.adapters.")
@@ -180,7 +187,9 @@ class Backend(ABC):
     Subclasses set `run_config_type`, declare `capabilities`, and implement the
     hooks `_submit`, `_get_state`, `_wait`, `_get_result` and `_cancel` (plus
     `_create_project`, `_register_flow`, `_load_flow` when they have a server).
-    Implementations are safe to call from several threads at once.
+    `_flow_parameters` tells the port what a flow declares, so that parameters
+    are checked (`FlowParameterError`) before a run is created; without it no
+    check is made. Implementations are safe to call from several threads at once.
     """
 
     run_config_type: ClassVar[Type[RunConfig]] = RunConfig
@@ -307,6 +316,8 @@ class Backend(ABC):
 
         Raises:
             pydantic.ValidationError: Invalid run configuration; nothing ran.
+            FlowParameterError: A parameter the flow does not declare, or a
+                required one left out (a `ValueError`); no run was created.
             TypeError: Bad ``parameters``, or the wrong one of ``flow``/``flow_id``.
             FlowNotFoundError: ``flow_id`` is unknown.
             BackendUnavailableError: The backend cannot be reached.
@@ -490,7 +501,26 @@ class Backend(ABC):
         config = resolve_run_config(self.run_config_type, run_config, kwargs, caller=caller)
         checked = check_parameters(parameters)
         self._check_target(flow, flow_id)
+        self._check_flow_parameters(checked, flow, flow_id)
         return FlowRunRequest(checked, config, flow=flow, flow_id=flow_id)
+
+    def _check_flow_parameters(self, parameters: Mapping[str, Any], flow: Any, flow_id: Optional[str]) -> None:
+        """The parameter rule, the same on every backend: each name given must be
+        a parameter of the flow, each required parameter must be given (or be
+        supplied by the backend, see `_default_parameters`).
+
+        Raises:
+            FlowParameterError: Naming the unknown and missing parameters and
+                listing the flow's parameters.
+        """
+        declared = self._flow_parameters(flow, flow_id)
+        if declared is None:
+            return
+        flow_name, flow_parameters = declared
+        supplied: Collection[str] = ()
+        if missing_parameters(flow_parameters, parameters):
+            supplied = self._default_parameters(flow, flow_id)
+        check_flow_parameters(flow_name, flow_parameters, parameters, supplied_elsewhere=supplied)
 
     def _check_target(self, flow: Any, flow_id: Optional[str]) -> None:
         """Check that the run names what this backend runs.
@@ -541,6 +571,21 @@ class Backend(ABC):
     @abstractmethod
     def _cancel(self, flow_run_id: str) -> bool:
         """Stop the run if it is not final; True if it was stopped."""
+
+    def _flow_parameters(self, flow: Any, flow_id: Optional[str]) -> Optional[DeclaredParameters]:
+        """The name and the parameters of the flow a run names, for the
+        parameter rule; None when the backend cannot tell (no check is made).
+
+        Raises:
+            FlowNotFoundError: ``flow_id`` is unknown.
+        """
+        return None
+
+    def _default_parameters(self, flow: Any, flow_id: Optional[str]) -> Collection[str]:
+        """Names of parameters the backend supplies itself when a run leaves them
+        out (a Prefect Server flow group's default parameters). Asked only when a
+        required parameter is missing. Default: none."""
+        return ()
 
     def _get_task_result(self, flow_run_id: str, task_name: Optional[str]) -> FlowRunResult:
         """The record of a run known to be final, for selecting ``task_name``.

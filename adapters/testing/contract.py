@@ -49,6 +49,7 @@ from lume_scheduling.domain import (
     EmptyResultError,
     FlowFailedError,
     FlowNotFoundError,
+    FlowParameterError,
     FlowRunCancelledError,
     FlowRunNotFoundError,
     FlowRunResult,
@@ -471,6 +472,37 @@ class RunErrorContract(BackendFixtures):
             backend.result(flow_run_id)
         assert raised.value.flow_run_id == flow_run_id
         assert raised.value.exception_type == "ValueError"
+
+    @pytest.mark.parametrize("operation", ["run", "run_and_return", "submit"])
+    def test_an_unknown_parameter_is_refused_before_a_run_is_created(
+        self,
+        backend: Backend,
+        target: FlowTargets,
+        submissions: List[FlowRunRequest],
+        operation: str,
+    ) -> None:
+        flow = target(flows.arithmetic_flow)
+        with pytest.raises(FlowParameterError) as raised:
+            getattr(backend, operation)({"x": 1, "nosuch": 2}, **flow)
+        error = raised.value
+        assert isinstance(error, ValueError)
+        assert (error.unknown, error.missing) == (("nosuch",), ())
+        assert [(p.name, p.required, p.default) for p in error.parameters] == [("x", False, 1), ("y", False, 2)]
+        assert str(error) == (
+            "flow 'arithmetic' has no parameter 'nosuch'; its parameters are: x (default 1), y (default 2)"
+        )
+        assert submissions == [], "a run was created with a parameter the flow does not declare"
+
+    def test_a_missing_required_parameter_is_refused_before_a_run_is_created(
+        self, backend: Backend, target: FlowTargets, submissions: List[FlowRunRequest]
+    ) -> None:
+        flow = target(flows.required_flow)
+        with pytest.raises(FlowParameterError) as raised:
+            backend.run_and_return({"scale": 3}, task_name="multiply", **flow)
+        assert (raised.value.unknown, raised.value.missing) == ((), ("x",))
+        assert "needs parameter 'x'; its parameters are: scale (default 1), x (required)" in str(raised.value)
+        assert submissions == [], "a run was created without a required parameter"
+        assert backend.run_and_return({"x": 2, "scale": 3}, task_name="multiply", **flow) == 12
 
     @pytest.mark.parametrize("operation", ["get_state", "wait", "result", "get_result", "cancel"])
     def test_unknown_flow_run_id_raises_flow_run_not_found(
