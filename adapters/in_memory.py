@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type, Ty
 from lume_scheduling.adapters.prefect_flows import execute_flow, flow_parameters, is_prefect_flow
 from lume_scheduling.application import Backend, BackendCapabilities, FlowRunRequest
 from lume_scheduling.application.ports import DeclaredParameters
+from lume_scheduling.domain.secrets import MASK
 from lume_scheduling.domain import (
     BackendUnavailableError,
     FlowNotFoundError,
@@ -49,6 +50,28 @@ class Call:
 
     operation: str
     arguments: Dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # Env values are often secrets: masked, as in a run config's repr.
+        return f"Call(operation={self.operation!r}, arguments={_masked_arguments(self.arguments)!r})"
+
+
+def _masked_env(env: Any) -> Any:
+    if isinstance(env, Mapping):
+        return {name: MASK for name in env}
+    return env
+
+
+def _masked_arguments(arguments: Mapping[str, Any]) -> Dict[str, Any]:
+    """The arguments with env values masked: ``env=`` itself, and the env of a
+    run config given as a mapping (a `RunConfig` masks its own)."""
+    masked = dict(arguments)
+    if "env" in masked:
+        masked["env"] = _masked_env(masked["env"])
+    run_config = masked.get("run_config")
+    if isinstance(run_config, Mapping) and "env" in run_config:
+        masked["run_config"] = {**run_config, "env": _masked_env(run_config["env"])}
+    return masked
 
 
 @dataclass(frozen=True)

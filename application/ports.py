@@ -18,14 +18,17 @@ No prefect, requests or docker exception crosses the port: adapters translate
 them into `lume_scheduling.domain` errors with ``raise ... from err``. Invalid
 run configuration raises `pydantic.ValidationError`, and parameters the flow
 does not declare (or required ones left out) raise `FlowParameterError`, before
-a run is created.
+a run is created. The run config's env values are masked in every record and
+error the port hands back.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import warnings
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Any, ClassVar, Collection, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
@@ -41,10 +44,13 @@ from lume_scheduling.domain import (
     check_flow_parameters,
 )
 from lume_scheduling.domain.parameters import missing_parameters
+from lume_scheduling.domain.secrets import secret_values
 
 Timeout = Union[timedelta, float, int, None]
 # What a flow declares: its name (for messages) and its parameters.
 DeclaredParameters = Tuple[Optional[str], Sequence[FlowParameter]]
+# Runs whose env values the port remembers, per backend (oldest forgotten first).
+_REMEMBERED_RUNS = 4096
 
 # Frames of these modules are skipped when a warning names its caller...
 _INTERNAL_MODULES = ("lume_scheduling.application.", "lume_scheduling.adapters.")
@@ -173,6 +179,26 @@ def check_parameters(parameters: Optional[Mapping[str, Any]], argument: str = "p
         if not isinstance(name, str):
             raise TypeError(f"{argument} names must be strings, not {type(name).__name__}")
     return dict(parameters)
+
+
+class _RunSecrets:
+    """The env values of the runs a backend created, to mask in what it returns
+    (bounded; thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: "OrderedDict[str, Tuple[str, ...]]" = OrderedDict()
+
+    def remember(self, flow_run_id: str, secrets: Tuple[str, ...]) -> None:
+        with self._lock:
+            self._runs[flow_run_id] = secrets
+            self._runs.move_to_end(flow_run_id)
+            while len(self._runs) > _REMEMBERED_RUNS:
+                self._runs.popitem(last=False)
+
+    def get(self, flow_run_id: str) -> Optional[Tuple[str, ...]]:
+        with self._lock:
+            return self._runs.get(flow_run_id)
 
 
 def _check_name(argument: str, value: Any) -> str:
@@ -323,7 +349,7 @@ class Backend(ABC):
             BackendUnavailableError: The backend cannot be reached.
         """
         request = self._request(parameters, run_config, flow, flow_id, kwargs, "submit")
-        return self._submit(request)
+        return self._start(request)
 
     def get_state(self, flow_run_id: str) -> FlowRunState:
         """The current state of a flow run.
@@ -368,7 +394,7 @@ class Backend(ABC):
             BackendUnavailableError: The backend cannot be reached.
         """
         self.wait(flow_run_id, timeout)
-        return self._get_result(flow_run_id)
+        return self._masked(self._get_result(flow_run_id))
 
     def result(
         self, flow_run_id: str, task_name: Optional[str] = None, *, timeout: Timeout = None
@@ -384,7 +410,7 @@ class Backend(ABC):
             FlowRunNotFoundError: Unknown id.
         """
         self.wait(flow_run_id, timeout)
-        record = self._get_task_result(flow_run_id, task_name)
+        record = self._masked(self._get_task_result(flow_run_id, task_name))
         failure = record.failure()
         if failure is not None:
             raise failure
@@ -427,11 +453,11 @@ class Backend(ABC):
             See `submit` for the rest.
         """
         request = self._request(parameters, run_config, flow, flow_id, kwargs, "run")
-        flow_run_id = self._submit(request)
+        flow_run_id = self._start(request)
         if self.capabilities.server:
             return flow_run_id
         self.wait(flow_run_id)
-        failure = self._get_result(flow_run_id).failure()
+        failure = self._masked(self._get_result(flow_run_id)).failure()
         if failure is not None:
             raise failure
         return None
@@ -473,7 +499,7 @@ class Backend(ABC):
         """
         delta = as_timedelta(timeout)
         request = self._request(parameters, run_config, flow, flow_id, kwargs, "run_and_return")
-        flow_run_id = self._submit(request)
+        flow_run_id = self._start(request)
         try:
             self.wait(flow_run_id, delta)
         except FlowRunTimeoutError:
@@ -521,6 +547,32 @@ class Backend(ABC):
         if missing_parameters(flow_parameters, parameters):
             supplied = self._default_parameters(flow, flow_id)
         check_flow_parameters(flow_name, flow_parameters, parameters, supplied_elsewhere=supplied)
+
+    def _start(self, request: FlowRunRequest) -> str:
+        """Hand a checked request to the adapter, and remember the env values of
+        the run so that what is read back about it is masked."""
+        flow_run_id = self._submit(request)
+        self._run_secrets_store().remember(flow_run_id, secret_values(request.run_config.env))
+        return flow_run_id
+
+    def _run_secrets_store(self) -> _RunSecrets:
+        store = self.__dict__.get("_port_run_secrets")
+        if store is None:
+            # setdefault is atomic: two threads asking at once share one store.
+            store = self.__dict__.setdefault("_port_run_secrets", _RunSecrets())
+        return store
+
+    def _masked(self, record: FlowRunResult) -> FlowRunResult:
+        """``record`` with the env values of its run's run config masked."""
+        return record.masked(self._secrets_of_run(record.flow_run_id, record))
+
+    def _secrets_of_run(self, flow_run_id: str, record: FlowRunResult) -> Sequence[str]:
+        """The texts to mask in what is shown of a run: the env values of its run
+        config, longest first. Default: those of the runs this backend created
+        (the most recent thousands); adapters that can read a run's run config
+        back (a server) extend it to other runs.
+        """
+        return self._run_secrets_store().get(flow_run_id) or ()
 
     def _check_target(self, flow: Any, flow_id: Optional[str]) -> None:
         """Check that the run names what this backend runs.

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, ClassVar, Collection, Dict, Iterator, List, Mapping, Optional, Set, Tuple, Type, Union
+from typing import Any, ClassVar, Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Type, Union
 
 import prefect
 from prefect.engine import state as prefect_state
@@ -43,6 +43,7 @@ from lume_scheduling.domain import (
     TaskRunState,
 )
 from lume_scheduling.domain.image import image_reference_problem
+from lume_scheduling.domain.secrets import secret_values
 
 from ..prefect_flows import flow_run_state as local_flow_run_state
 from ..prefect_flows import flow_parameters, is_prefect_flow, serialized_flow_parameters, task_run_state
@@ -589,6 +590,28 @@ class ServerBackend(Backend):
         group = (data.get("flow_by_pk") or {}).get("flow_group") or {}
         defaults = group.get("default_parameters") if isinstance(group, Mapping) else None
         return list(defaults) if isinstance(defaults, Mapping) else ()
+
+    def _secrets_of_run(self, flow_run_id: str, record: FlowRunResult) -> Sequence[str]:
+        """Also for runs this backend did not create (e.g. ``result RUN_ID`` in
+        another process): the run's run config, env values included, is read
+        back from the server once."""
+        store = self._run_secrets_store()
+        known = store.get(flow_run_id)
+        if known is not None:
+            return known
+        data = self._query(
+            "query($id: uuid!) { flow_run_by_pk(id: $id) { run_config } }",
+            {"id": flow_run_id},
+            "get_result",
+            flow_run_id=flow_run_id,
+        )
+        run_config = (data.get("flow_run_by_pk") or {}).get("run_config")
+        env = run_config.get("env") if isinstance(run_config, Mapping) else None
+        # The project name travels in env too; it is no secret.
+        user_env = {k: v for k, v in env.items() if k != PROJECT_ENV} if isinstance(env, Mapping) else None
+        secrets = secret_values(user_env)
+        store.remember(flow_run_id, secrets)
+        return secrets
 
     def _track(self, flow_run_id: str) -> _Tracked:
         with self._lock:

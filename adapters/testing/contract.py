@@ -473,6 +473,36 @@ class RunErrorContract(BackendFixtures):
         assert raised.value.flow_run_id == flow_run_id
         assert raised.value.exception_type == "ValueError"
 
+    def test_env_values_are_masked_in_everything_a_failed_run_reports(
+        self, backend: Backend, target: FlowTargets, run_config_fields: Dict[str, Any]
+    ) -> None:
+        secret = f"token-{uuid.uuid4()}"
+        flow = target(flows.failing_flow)
+        # The task's exception quotes the value (here through a parameter, so
+        # that a backend that does not apply env is checked too).
+        parameters = {"message": f"the token {secret} was refused"}
+        env = {"TOKEN": secret, "SHORT": "on"}
+        with pytest.raises(FlowFailedError) as raised:
+            backend.run_and_return(parameters, env=env, **flow, **run_config_fields)
+        errors = [raised.value]
+        if not backend.capabilities.server:
+            with pytest.raises(FlowFailedError) as again:
+                backend.run(parameters, env=env, **flow, **run_config_fields)
+            errors.append(again.value)
+        for error in errors:
+            for text in (str(error), repr(error), error.exception_message or ""):
+                assert secret not in text, text
+            assert "the token ********** was refused" in str(error)
+        flow_run_id = raised.value.flow_run_id
+        assert flow_run_id is not None
+        with pytest.raises(FlowFailedError) as from_result:
+            backend.result(flow_run_id)
+        assert secret not in str(from_result.value)
+        record = backend.get_result(flow_run_id)
+        messages = [record.message or ""] + [run.message or "" for run in record.task_runs]
+        assert all(secret not in message for message in messages), messages
+        assert any("**********" in message for message in messages)
+
     @pytest.mark.parametrize("operation", ["run", "run_and_return", "submit"])
     def test_an_unknown_parameter_is_refused_before_a_run_is_created(
         self,
