@@ -57,7 +57,15 @@ from lume_scheduling.domain import (
     parse_run_config,
 )
 
-from .settings import BACKEND_KINDS, Settings, SettingsError, load_settings, parse_document, validation_problems
+from .settings import (
+    BACKEND_KINDS,
+    Settings,
+    SettingsError,
+    load_settings,
+    parse_document,
+    read_bounded,
+    validation_problems,
+)
 
 PROG = "lume-scheduling"
 
@@ -294,15 +302,12 @@ def read_run_config(path: str) -> RunConfig:
     """Read and validate a run config file (YAML or JSON) holding ``kind`` and the fields.
 
     Raises:
-        SettingsError: Unreadable, not a mapping, no or unknown ``kind``, or an
+        SettingsError: Unreadable, beyond the limits of a settings file (size,
+            nesting, YAML aliases), not a mapping, no or unknown ``kind``, or an
             invalid field; one problem per field.
     """
     source = f"run config {path!r}"
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise SettingsError(source, [("", f"cannot be read: {reason}")]) from err
+    text = read_bounded(path, source)
     suffix = ".json" if path.lower().endswith(".json") else ".yaml"
     data = parse_document(text, suffix, source)
     if not isinstance(data, dict):

@@ -4,7 +4,9 @@ Settings come from four places, later ones winning key by key:
 
 1. the defaults below (the isolated local backend);
 2. a settings file: TOML (``.toml``, read with `tomllib`), YAML (``.yaml``/``.yml``,
-   read with ``yaml.safe_load`` only, so no tag can run code) or JSON (``.json``);
+   read with PyYAML's safe loader only, so no tag can run code) or JSON (``.json``),
+   within the limits of `lume_scheduling.domain.documents` (size, nesting depth,
+   YAML alias expansion);
 3. environment variables: ``LUME_SCHEDULING_BACKEND`` for the backend kind, and
    ``LUME_SCHEDULING_<SECTION>__<KEY>`` (two underscores) for one key of a
    section, e.g. ``LUME_SCHEDULING_LOCAL__MAX_WORKERS=4`` or
@@ -27,9 +29,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlparse
 
-import yaml
 from pydantic import BaseModel, Extra, SecretStr, ValidationError, conint, validator
 
+from lume_scheduling.domain.documents import (
+    DocumentError,
+    check_depth,
+    check_size,
+    load_yaml,
+    read_document,
+    too_deep,
+)
 from lume_scheduling.domain.image import image_reference_problem
 
 ENV_PREFIX = "LUME_SCHEDULING_"
@@ -276,8 +285,10 @@ def validation_problems(err: ValidationError, origins: Optional[Mapping[Tuple[st
 def read_settings_file(path: Union[str, os.PathLike[str]]) -> Dict[str, Any]:
     """Read a settings file into plain data, choosing the parser by suffix.
 
-    YAML is read with ``yaml.safe_load``: tags such as ``!!python/object`` are
-    rejected, never run.
+    YAML is read with PyYAML's safe loader: tags such as ``!!python/object``
+    are rejected, never run. A file larger than 1,000,000 characters, nested
+    more than 100 levels deep, or (YAML) with more than 100,000 nodes once its
+    aliases are expanded is refused.
 
     Args:
         path: A ``.toml``, ``.yaml``/``.yml`` or ``.json`` file.
@@ -287,7 +298,7 @@ def read_settings_file(path: Union[str, os.PathLike[str]]) -> Dict[str, Any]:
 
     Raises:
         SettingsError: The file is missing, unreadable, of an unknown type, not
-            valid TOML/YAML/JSON, or does not hold a mapping.
+            valid TOML/YAML/JSON, beyond the limits, or does not hold a mapping.
     """
     file = Path(path)
     source = f"settings file {str(file)!r}"
@@ -296,52 +307,71 @@ def read_settings_file(path: Union[str, os.PathLike[str]]) -> Dict[str, Any]:
         raise SettingsError(
             source, [("", f"unknown file type {suffix or '(none)'!r}: use .toml, .yaml, .yml or .json")]
         )
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise SettingsError(source, [("", f"cannot be read: {reason}")]) from err
+    text = read_bounded(file, source)
     data = parse_document(text, suffix, source)
     if not isinstance(data, dict):
         raise SettingsError(source, [("", f"must hold a mapping of settings, not {type(data).__name__}")])
     return data
 
 
+def read_bounded(path: Union[str, os.PathLike[str]], source: str) -> str:
+    """The text of a settings or run config file (UTF-8, at most
+    `MAX_DOCUMENT_CHARS` characters).
+
+    Raises:
+        SettingsError: It cannot be read, or it is larger than the limit.
+    """
+    try:
+        return read_document(os.fspath(path))
+    except DocumentError as err:
+        raise SettingsError(source, [("", str(err))]) from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise SettingsError(source, [("", f"cannot be read: {reason}")]) from err
+
+
 def parse_document(text: str, suffix: str, source: str) -> Any:
-    """Parse TOML, YAML (safe loader) or JSON text, by file suffix.
+    """Parse TOML, YAML (safe loader) or JSON text, by file suffix, within the
+    limits of `lume_scheduling.domain.documents` (size, nesting, YAML aliases).
 
     Parse errors say where (line, column) and what, never echo the text: a
     settings file may hold an API key.
 
     Raises:
-        SettingsError: The text does not parse.
+        SettingsError: The text does not parse, or is beyond the limits.
     """
-    if suffix in _TOML_SUFFIXES:
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            raise SettingsError(source, [("", f"is not valid TOML: {err}")]) from err
-    if suffix in _JSON_SUFFIXES:
+    try:
+        data = _parse(text, suffix)
+        check_depth(data)
+        return data
+    except DocumentError as err:
+        if err.syntax:
+            kind = "TOML" if suffix in _TOML_SUFFIXES else "JSON" if suffix in _JSON_SUFFIXES else "YAML"
+            problem = f"is not valid {kind}: {err}"
+        else:
+            problem = str(err)
+    # Raised outside the handler, not chained: a parser's own message may quote
+    # the offending line, which may hold a key.
+    raise SettingsError(source, [("", problem)])
+
+
+def _parse(text: str, suffix: str) -> Any:
+    check_size(text)
+    if suffix in _YAML_SUFFIXES or suffix not in _TOML_SUFFIXES + _JSON_SUFFIXES:
+        return load_yaml(text)
+    try:
+        if suffix in _TOML_SUFFIXES:
+            try:
+                return tomllib.loads(text)
+            except tomllib.TOMLDecodeError as err:
+                raise DocumentError(str(err), syntax=True) from None
         try:
             return json.loads(text)
         except json.JSONDecodeError as err:
-            raise SettingsError(
-                source, [("", f"is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})")]
-            ) from err
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        problem = _yaml_problem(err)
-    # Not chained: PyYAML's own message quotes the offending line, which may hold a key.
-    raise SettingsError(source, [("", f"is not valid YAML: {problem}")])
-
-
-def _yaml_problem(err: yaml.YAMLError) -> str:
-    if isinstance(err, yaml.MarkedYAMLError):
-        mark = err.problem_mark or err.context_mark
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        return f"{err.problem or err.context or 'syntax error'}{where}"
-    return type(err).__name__
+            raise DocumentError(err.msg, err.lineno, err.colno, syntax=True) from None
+    except RecursionError:
+        # Both parsers recurse once per nesting level.
+        raise too_deep() from None
 
 
 def settings_from_environ(
@@ -451,6 +481,7 @@ __all__ = [
     "validation_problems",
     "merge",
     "parse_document",
+    "read_bounded",
     "read_settings_file",
     "server_config_problems",
     "settings_from_environ",
