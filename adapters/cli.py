@@ -1,7 +1,9 @@
 """The ``lume-scheduling`` command line: run, submit and inspect flow runs on any backend.
 
-Results go to stdout as JSON; progress (state changes) and errors go to stderr,
-one line each (the traceback only with ``--debug``). Exit codes:
+Results go to stdout as JSON, and nothing else does: while a command runs, what
+the flow prints (in this process or in worker processes) and every log line go
+to stderr, with progress (state changes) and errors, one line each (the
+traceback only with ``--debug``). Exit codes:
 
 ===  =====================================================================
 0    success
@@ -31,10 +33,10 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 import click
 from pydantic import ValidationError
@@ -54,8 +56,11 @@ from lume_scheduling.domain import (
     RunConfig,
     TaskNotCompletedError,
     TaskNotInFlowError,
+    as_timedelta,
     parse_run_config,
 )
+
+from lume_scheduling.domain.secrets import mask_text, secret_values
 
 from .settings import (
     BACKEND_KINDS,
@@ -108,8 +113,15 @@ class CliState:
     backend: Optional[str] = None
     debug: bool = False
     quiet: bool = False
+    # Where results go (the real stdout, kept aside while the command runs).
+    out: Optional[TextIO] = None
     _settings: Optional[Settings] = None
     _container: Any = None
+    # Env values of the run config given, masked in every line printed.
+    secrets: Tuple[str, ...] = ()
+    _log_handler: Optional[logging.Handler] = None
+    _prefect_adopted: bool = False
+    _undo: List[Callable[[], None]] = field(default_factory=list)
 
     def settings(self) -> Settings:
         """The settings: --config file, then the environment, then --backend."""
@@ -127,7 +139,12 @@ class CliState:
             self._container = container
             click.get_current_context().find_root().call_on_close(container.shutdown_resources)
         service: SchedulingService = self._container.service()
+        _adopt_prefect_logs(self)
         return service
+
+    def emit(self, text: str) -> None:
+        """A result line on stdout (the only thing that goes there)."""
+        click.echo(text, file=self.out)
 
     def progress(self, message: str) -> None:
         """A progress line on stderr, unless --quiet."""
@@ -178,6 +195,11 @@ def load_flow(spec: str) -> Any:
             module = importlib.import_module(target)
     except CliError:
         raise
+    except SystemExit as err:  # sys.exit() at import: nothing would run, yet exit 0
+        raise CliError(
+            f"cannot load flow {spec!r}: {target} called sys.exit({err.code!r}) while it was imported "
+            "(guard script code with `if __name__ == \"__main__\":`)"
+        ) from err
     except Exception as err:  # the user's code may raise anything while it loads
         raise CliError(f"cannot load flow {spec!r}: {type(err).__name__}: {err}") from err
     candidate: Any = module
@@ -290,9 +312,9 @@ def _json_key(key: Any) -> str:
     return repr(key)
 
 
-def emit_json(value: Any) -> None:
+def emit_json(state: "CliState", value: Any) -> None:
     """Write ``value`` to stdout as one JSON document."""
-    click.echo(json.dumps(jsonable(value), allow_nan=False))
+    state.emit(json.dumps(jsonable(value), allow_nan=False))
 
 
 # ------------------------------------------------------------- run configs
@@ -459,9 +481,34 @@ def _wait_with_progress(
             pass
 
 
+class Seconds(click.ParamType):
+    """A time-out in seconds: a finite number above 0, refused as the library
+    refuses it (``nan``, ``inf``, negative, too large)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        if isinstance(value, float):
+            seconds = value
+        else:
+            try:
+                seconds = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        try:
+            as_timedelta(seconds, "the time-out")
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+        if seconds <= 0:
+            self.fail(f"the time-out must be above 0 seconds, not {value}", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()
+
 _timeout_option = click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     default=None,
     metavar="SECONDS",
     help="Give up (and cancel the run) after this many seconds; default: wait.",
@@ -497,6 +544,26 @@ def _flow_run_options(function: Any) -> Any:
     return function
 
 
+def _check_run_config_kind(
+    state: CliState, service: SchedulingService, config: RunConfig, path: str
+) -> None:
+    """A run config file must be of the kind the backend runs.
+
+    Raises:
+        SettingsError: Naming the file, its kind and the backend's kind.
+    """
+    wanted = service.backend.run_config_type
+    if not isinstance(config, wanted):
+        raise SettingsError(
+            f"run config {path!r}",
+            [(
+                "kind",
+                f"is {config.kind!r}, but the {state.settings().backend} backend runs "
+                f"{wanted.kind!r} run configs",
+            )],
+        )
+
+
 def _submit_flow_run(
     state: CliState,
     flow_spec: Optional[str],
@@ -515,8 +582,12 @@ def _submit_flow_run(
     _check_target_arguments(flow_spec, flow_id, project)
     parameters = parse_parameters(params)
     run_config = read_run_config(run_config_file) if run_config_file else None
+    if run_config is not None:
+        state.secrets = secret_values(run_config.env)
     flow = load_flow(flow_spec) if flow_spec is not None else None
     service = state.service()
+    if run_config is not None and run_config_file is not None:
+        _check_run_config_kind(state, service, run_config, run_config_file)
     target = _run_target(state, service, flow, flow_id, project)
     return service, service.submit(parameters, run_config, **target)
 
@@ -548,7 +619,7 @@ def run(
     service, flow_run_id = _submit_flow_run(state, flow_spec, params, run_config_file, flow_id, project)
     state.progress(f"flow run {flow_run_id} submitted to the {state.settings().backend} backend")
     _wait_with_progress(state, service, flow_run_id, timeout)
-    emit_json(service.result(flow_run_id, task_name))
+    emit_json(state, service.result(flow_run_id, task_name))
 
 
 @cli.command()
@@ -567,7 +638,7 @@ def submit(
     _use_backend(state, backend)
     _require_server_kind(state, "submit")
     _, flow_run_id = _submit_flow_run(state, flow_spec, params, run_config_file, flow_id, project)
-    click.echo(flow_run_id)
+    state.emit(flow_run_id)
 
 
 @cli.command()
@@ -576,7 +647,7 @@ def submit(
 def status(state: CliState, flow_run_id: str) -> None:
     """Print the state of a flow run (server backends)."""
     _require_server_kind(state, "status")
-    click.echo(str(state.service().get_state(flow_run_id)))
+    state.emit(str(state.service().get_state(flow_run_id)))
 
 
 @cli.command()
@@ -584,7 +655,7 @@ def status(state: CliState, flow_run_id: str) -> None:
 @_task_option
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     default=None,
     metavar="SECONDS",
     help="Give up after this many seconds (exit code 4; the run goes on); default: wait.",
@@ -593,7 +664,7 @@ def status(state: CliState, flow_run_id: str) -> None:
 def result(state: CliState, flow_run_id: str, task_name: Optional[str], timeout: Optional[float]) -> None:
     """Wait for a flow run and print its result as JSON (server backends)."""
     _require_server_kind(state, "result")
-    emit_json(state.service().result(flow_run_id, task_name, timeout=timeout))
+    emit_json(state, state.service().result(flow_run_id, task_name, timeout=timeout))
 
 
 @cli.command()
@@ -603,7 +674,7 @@ def cancel(state: CliState, flow_run_id: str) -> None:
     """Cancel a flow run (server backends); print whether it was stopped."""
     _require_server_kind(state, "cancel")
     stopped = state.service().cancel(flow_run_id)
-    click.echo("cancelled" if stopped else "not cancelled: the flow run had already ended")
+    state.emit("cancelled" if stopped else "not cancelled: the flow run had already ended")
 
 
 def _require_server_capability(state: CliState, service: SchedulingService, command: str) -> None:
@@ -636,47 +707,148 @@ def register(state: CliState, flow_spec: str, project: str, image: Optional[str]
     flow = load_flow(flow_spec)
     service = state.service()
     _require_server_capability(state, service, "register")
-    click.echo(service.register_flow(flow, project, image, list(labels) or None, no_url=True))
+    state.emit(service.register_flow(flow, project, image, list(labels) or None, no_url=True))
 
 
 @cli.command("validate-config")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-def validate_config(file: str) -> None:
+@pass_state
+def validate_config(state: CliState, file: str) -> None:
     """Check a run config file (YAML or JSON, with kind: local|docker|kubernetes).
 
     Prints the validated run config as JSON (env values masked), or one line per
     problem naming its field, and exits with 2.
     """
-    click.echo(json.dumps(jsonable(public_run_config(read_run_config(file))), indent=2))
+    state.emit(json.dumps(jsonable(public_run_config(read_run_config(file))), indent=2))
 
 
 # ----------------------------------------------------------------- entry point
 
 
+def _is_flow_log(record: logging.LogRecord) -> bool:
+    """A log line of the flow itself (not one of the backend's own): forwarded
+    from a worker or run in this process (its logger is not ours), or read from
+    a server run (marked ``flow_log``)."""
+    return bool(getattr(record, "flow_log", False)) or not record.name.startswith(LOGGER_NAME)
+
+
+def _log_filter(state: CliState) -> Callable[[logging.LogRecord], bool]:
+    # --quiet is known once the global options are parsed: the filter asks then.
+    def shown(record: logging.LogRecord) -> bool:
+        if not state.quiet:
+            return True
+        return record.levelno >= logging.WARNING and not _is_flow_log(record)
+
+    return shown
+
+
+class _MaskingFormatter(logging.Formatter):
+    """``lume-scheduling: <message>``, with the run config's env values masked
+    (lines of flows run in this process are not masked by a worker)."""
+
+    def __init__(self, state: CliState) -> None:
+        super().__init__(f"{PROG}: %(message)s")
+        self._state = state
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_text(super().format(record), self._state.secrets)
+
+
 @contextlib.contextmanager
-def _backend_logs_to_stderr(state: CliState) -> Iterator[None]:
-    """Show what backends log (a server run's own log lines, warnings) on stderr while
-    a command runs; only warnings and errors with --quiet. Undone afterwards."""
+def _backend_logs_to_stderr(state: CliState) -> Iterator[logging.Handler]:
+    """Show what backends log (the flow's own log lines, a server run's, warnings)
+    on stderr while a command runs; with --quiet only the backends' own warnings
+    and errors (the flow's lines are silenced, at every level). Undone afterwards.
+
+    Yields:
+        The handler, which `_adopt_prefect_logs` also puts on prefect's logger.
+    """
     logger = logging.getLogger(LOGGER_NAME)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
-    # --quiet is known once the global options are parsed: the filter asks then.
-    handler.addFilter(lambda record: record.levelno >= logging.WARNING or not state.quiet)
+    handler.setFormatter(_MaskingFormatter(state))
+    handler.addFilter(_log_filter(state))
     level = logger.level
     logger.addHandler(handler)
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
     try:
-        yield
+        yield handler
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
 
 
+def _adopt_prefect_logs(state: CliState) -> None:
+    """Flows that run in this process (the fake, ``isolated = false``) log through
+    prefect's logger, whose own handler writes to stdout: while the command runs,
+    their lines go through our handler instead (stderr, --quiet honoured).
+    Done once, after prefect is imported; undone when the command ends."""
+    if "prefect" not in sys.modules or state._log_handler is None or state._prefect_adopted:
+        return
+    state._prefect_adopted = True
+    prefect_logger = logging.getLogger("prefect")
+    own = [h for h in prefect_logger.handlers if type(h) is logging.StreamHandler]
+    for handler in own:
+        prefect_logger.removeHandler(handler)
+    prefect_logger.addHandler(state._log_handler)
+
+    def undo() -> None:
+        prefect_logger.removeHandler(state._log_handler)
+        for handler in own:
+            prefect_logger.addHandler(handler)
+
+    state._undo.append(undo)
+
+
+@contextlib.contextmanager
+def _stdout_for_results(state: CliState) -> Iterator[None]:
+    """Keep stdout for results only while a command runs.
+
+    The real stdout is set aside for `CliState.emit`; ``sys.stdout`` becomes
+    ``sys.stderr``, and when stdout is the process's file descriptor 1, fd 1 is
+    pointed at stderr too, so what tasks print, here or in worker processes
+    (which inherit fd 1), and what C code writes to fd 1, lands on stderr.
+    Undone afterwards.
+    """
+    real = sys.stdout
+    try:
+        real.flush()
+        fd = real.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = -1
+    kept = -1
+    if fd == 1 and sys.stderr is not None:
+        kept = os.dup(1)
+        os.dup2(sys.stderr.fileno(), 1)
+        state.out = open(  # noqa: SIM115 - closed below
+            os.dup(kept), "w", encoding=real.encoding, errors=real.errors, closefd=True
+        )
+    else:
+        state.out = real
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout = real
+        if kept >= 0:
+            assert state.out is not None
+            state.out.close()
+            os.dup2(kept, 1)
+            os.close(kept)
+        state.out = real
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """The console script: run the command line and exit with its code (see the module docstring)."""
+    """The console script: run the command line and exit with its code (see the module docstring).
+
+    Args:
+        argv: The arguments; None (the console script) reads ``sys.argv``.
+    """
     state = CliState()
-    with _backend_logs_to_stderr(state):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_stdout_for_results(state))
+        state._log_handler = stack.enter_context(_backend_logs_to_stderr(state))
+        stack.callback(lambda: [undo() for undo in reversed(state._undo)])
         _main(state, argv)
 
 

@@ -424,7 +424,8 @@ class ServerBackend(Backend):
                 "[flow run %s] %s",
                 flow_run_id,
                 entry.get("message"),
-                extra={"flow_run_id": flow_run_id},
+                # flow_log: a line of the flow itself, which the CLI's --quiet silences.
+                extra={"flow_run_id": flow_run_id, "flow_log": True},
             )
 
     def _maybe_check_agents(self, flow_run_id: str, labels: List[str], waited: float) -> None:
