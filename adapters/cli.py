@@ -17,6 +17,7 @@ traceback only with ``--debug``). Exit codes:
 5    the backend is unavailable (server unreachable, backend not installed)
 6    not found: unknown flow id or flow run id
 130  interrupted (Ctrl-C); the backend is closed, which stops local runs
+143  terminated (SIGTERM); the backend is closed, as for Ctrl-C
 ===  =====================================================================
 """
 
@@ -30,7 +31,9 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -82,6 +85,7 @@ EXIT_TIMEOUT = 4
 EXIT_UNAVAILABLE = 5
 EXIT_NOT_FOUND = 6
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 DEFAULT_FLOW_ATTRIBUTE = "flow"
 # Backends log under this name (e.g. a server run's own log lines).
@@ -115,6 +119,10 @@ class CliState:
     quiet: bool = False
     # Where results go (the real stdout, kept aside while the command runs).
     out: Optional[TextIO] = None
+    # Set once interrupted, or once the backend is being closed: further
+    # Ctrl-C/SIGTERM are ignored (the way out is under way).
+    interrupted: bool = False
+    closing: bool = False
     _settings: Optional[Settings] = None
     _container: Any = None
     # Env values of the run config given, masked in every line printed.
@@ -137,7 +145,12 @@ class CliState:
 
             container = create_container(self.settings())
             self._container = container
-            click.get_current_context().find_root().call_on_close(container.shutdown_resources)
+
+            def shutdown() -> None:
+                self.closing = True
+                container.shutdown_resources()
+
+            click.get_current_context().find_root().call_on_close(shutdown)
         service: SchedulingService = self._container.service()
         _adopt_prefect_logs(self)
         return service
@@ -838,6 +851,41 @@ def _stdout_for_results(state: CliState) -> Iterator[None]:
         state.out = real
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so the backend is closed."""
+
+
+@contextlib.contextmanager
+def _signals_interrupt(state: CliState, restore: bool) -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM interrupt the command the same way: the
+    backend is closed (its local runs stopped) and one line says so. Once the
+    backend is closing, further signals are ignored, so the closing finishes
+    and no traceback is printed. Only in the main thread (signals are delivered
+    there).
+
+    Args:
+        restore: Put the previous handlers back afterwards. The console script
+            keeps ours until the interpreter exits (a late Ctrl-C is ignored).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        if state.closing or state.interrupted:
+            return  # already on the way out
+        state.interrupted = True
+        raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        if restore:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """The console script: run the command line and exit with its code (see the module docstring).
 
@@ -845,11 +893,25 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         argv: The arguments; None (the console script) reads ``sys.argv``.
     """
     state = CliState()
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_stdout_for_results(state))
-        state._log_handler = stack.enter_context(_backend_logs_to_stderr(state))
-        stack.callback(lambda: [undo() for undo in reversed(state._undo)])
-        _main(state, argv)
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_signals_interrupt(state, restore=argv is not None))
+            stack.enter_context(_stdout_for_results(state))
+            state._log_handler = stack.enter_context(_backend_logs_to_stderr(state))
+            stack.callback(lambda: [undo() for undo in reversed(state._undo)])
+            _main(state, argv)
+    except KeyboardInterrupt as interrupted:  # between the command and the exit
+        _exit_interrupted(interrupted)
+    finally:
+        state.closing = True  # a signal while the interpreter exits is ignored
+
+
+def _exit_interrupted(interrupted: BaseException) -> None:
+    if isinstance(interrupted, _Terminated):
+        click.echo(f"{PROG}: terminated", err=True)
+        sys.exit(EXIT_TERMINATED)
+    click.echo(f"{PROG}: aborted", err=True)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def _main(state: CliState, argv: Optional[Sequence[str]]) -> None:
@@ -857,10 +919,11 @@ def _main(state: CliState, argv: Optional[Sequence[str]]) -> None:
         cli.main(args=list(argv) if argv is not None else None, prog_name=PROG, standalone_mode=False, obj=state)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
-    except click.Abort:
-        # Ctrl-C: the backend was closed on the way out (its runs stopped).
-        click.echo(f"{PROG}: aborted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+    except click.Abort as abort:
+        # Ctrl-C or SIGTERM: the backend was closed on the way out (its runs stopped).
+        _exit_interrupted(abort.__cause__ if isinstance(abort.__cause__, KeyboardInterrupt) else abort)
+    except KeyboardInterrupt as interrupted:  # outside a command (while parsing, or closing)
+        _exit_interrupted(interrupted)
     except click.UsageError as err:
         hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
         click.echo(f"{PROG}: error: {err.format_message()}{hint}", err=True)

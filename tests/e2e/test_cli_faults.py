@@ -8,12 +8,19 @@ can on one or two calls.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 
 FLOWS = "lume_scheduling.adapters.testing.flows"
+SCRIPT = Path(sys.executable).parent / "lume-scheduling"
+REPO = Path(__file__).resolve().parents[2]
 USAGE, FLOW_FAILED = 2, 3
 
 Write = Callable[[str, str], Path]
@@ -192,3 +199,133 @@ class TestOptionsAndFiles:
             f"lume-scheduling: error: run config {str(run_config)!r}: kind: is {kind!r}, "
             f"but the {backend} backend runs {wanted!r} run configs"
         )
+
+
+FAMILY_FLOW = '''
+import os
+import subprocess
+import sys
+import time
+
+from prefect import Flow, Parameter, task
+
+
+@task(name="start_child_and_hang")
+def start_child_and_hang(pid_file):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    with open(pid_file, "w") as out:
+        out.write(str(child.pid))
+    time.sleep(120)
+
+
+with Flow("family") as flow:
+    start_child_and_hang(Parameter("pid_file"))
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _start(cli_env: Dict[str, str], *args: str) -> "subprocess.Popen[str]":
+    """The console script in a session of its own: signals to its process group reach
+    it, its fork server and its resource tracker (as Ctrl-C in a terminal does)."""
+    return subprocess.Popen(
+        [str(SCRIPT), *args], env=cli_env, cwd=REPO, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+
+
+def _read_until(process: "subprocess.Popen[str]", ending: str, seen: List[str]) -> None:
+    assert process.stderr is not None
+    for line in process.stderr:
+        seen.append(line)
+        if line.rstrip().endswith(ending):
+            return
+    raise AssertionError("the command ended before it printed " + repr(ending) + ":\n" + "".join(seen))
+
+
+def _finish(process: "subprocess.Popen[str]", seen: List[str]) -> Tuple[int, str, str]:
+    try:
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return process.returncode, out, "".join(seen) + err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
+class TestSignals:
+    def test_sigterm_closes_the_backend_like_ctrl_c_and_no_process_of_the_run_is_left(
+        self, cli_env: Dict[str, str], write: Write, tmp_path: Path
+    ) -> None:
+        flow_file = write("family.py", FAMILY_FLOW)
+        pid_file = tmp_path / "child.pid"
+        process = _start(cli_env, "run", str(flow_file), "-p", f"pid_file={pid_file}")
+        seen: List[str] = []
+        try:
+            _read_until(process, ": running", seen)
+            deadline = time.monotonic() + 60
+            while not pid_file.exists() or not pid_file.read_text():
+                assert time.monotonic() < deadline, "".join(seen)
+                time.sleep(0.05)
+            child = int(pid_file.read_text())
+            process.send_signal(signal.SIGTERM)
+            code, out, err = _finish(process, seen)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+        assert code == 143, err
+        assert out == ""
+        assert "Traceback" not in err
+        assert err.rstrip().splitlines()[-1] == "lume-scheduling: terminated"
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child), "the task's child (in a session of its own) outlived the command"
+
+    # After the "submitted" line the fork server and the first worker are starting:
+    # Ctrl-C to the whole process group then used to print a fork server's traceback.
+    @pytest.mark.parametrize("delay", [0.0, 0.1, 0.3, 0.7, 1.2])
+    def test_ctrl_c_to_the_process_group_while_workers_start_is_exit_130_and_one_line(
+        self, cli_env: Dict[str, str], delay: float
+    ) -> None:
+        process = _start(cli_env, "run", f"{FLOWS}:hanging_flow")
+        seen: List[str] = []
+        _read_until(process, "submitted to the local backend", seen)
+        time.sleep(delay)
+        os.killpg(process.pid, signal.SIGINT)
+        code, out, err = _finish(process, seen)
+        assert code == 130, err
+        assert out == ""
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+        assert [line for line in err.splitlines() if "aborted" in line] == ["lume-scheduling: aborted"]
+        assert err.rstrip().endswith("lume-scheduling: aborted")
+
+    @pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "aborted"), (signal.SIGTERM, 143, "terminated")])
+    def test_a_signal_while_the_command_line_is_being_imported(
+        self, cli_env: Dict[str, str], signum: int, code: int, word: str
+    ) -> None:
+        # The console script's entry point, with the signal sent by the process
+        # itself at the moment it imports click (deterministic, unlike a delay).
+        script = (
+            "import importlib.abc, os, sys\n"
+            "class Hook(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name == 'click':\n"
+            f"            os.kill(os.getpid(), {int(signum)})\n"
+            "        return None\n"
+            "sys.meta_path.insert(0, Hook())\n"
+            "sys.argv = ['lume-scheduling', '--help']\n"
+            "from lume_scheduling.adapters.console import main\n"
+            "main()\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=cli_env, cwd=REPO, capture_output=True, text=True, timeout=60
+        )
+        assert (done.returncode, done.stdout, done.stderr) == (code, "", f"lume-scheduling: {word}\n")
