@@ -796,17 +796,18 @@ def _adopt_prefect_logs(state: CliState) -> None:
     prefect's logger, whose own handler writes to stdout: while the command runs,
     their lines go through our handler instead (stderr, --quiet honoured).
     Done once, after prefect is imported; undone when the command ends."""
-    if "prefect" not in sys.modules or state._log_handler is None or state._prefect_adopted:
+    ours = state._log_handler
+    if "prefect" not in sys.modules or ours is None or state._prefect_adopted:
         return
     state._prefect_adopted = True
     prefect_logger = logging.getLogger("prefect")
     own = [h for h in prefect_logger.handlers if type(h) is logging.StreamHandler]
     for handler in own:
         prefect_logger.removeHandler(handler)
-    prefect_logger.addHandler(state._log_handler)
+    prefect_logger.addHandler(ours)
 
     def undo() -> None:
-        prefect_logger.removeHandler(state._log_handler)
+        prefect_logger.removeHandler(ours)
         for handler in own:
             prefect_logger.addHandler(handler)
 
