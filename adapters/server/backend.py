@@ -594,12 +594,16 @@ class ServerBackend(Backend):
 
     def _secrets_of_run(self, flow_run_id: str, record: FlowRunResult) -> Sequence[str]:
         """Also for runs this backend did not create (e.g. ``result RUN_ID`` in
-        another process): the run's run config, env values included, is read
-        back from the server once."""
+        another process) that did not succeed, where an exception's text may
+        quote an env value: the run's run config, env values included, is read
+        back from the server once. A successful run's messages are Prefect's
+        own, so it costs no request."""
         store = self._run_secrets_store()
         known = store.get(flow_run_id)
         if known is not None:
             return known
+        if record.state is FlowRunState.SUCCESS:
+            return ()
         data = self._query(
             "query($id: uuid!) { flow_run_by_pk(id: $id) { run_config } }",
             {"id": flow_run_id},
