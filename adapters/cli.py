@@ -1,7 +1,9 @@
 """The ``lume-scheduling`` command line: run, submit and inspect flow runs on any backend.
 
-Results go to stdout as JSON; progress (state changes) and errors go to stderr,
-one line each (the traceback only with ``--debug``). Exit codes:
+Results go to stdout as JSON, and nothing else does: while a command runs, what
+the flow prints (in this process or in worker processes) and every log line go
+to stderr, with progress (state changes) and errors, one line each (the
+traceback only with ``--debug``). Exit codes:
 
 ===  =====================================================================
 0    success
@@ -15,6 +17,7 @@ one line each (the traceback only with ``--debug``). Exit codes:
 5    the backend is unavailable (server unreachable, backend not installed)
 6    not found: unknown flow id or flow run id
 130  interrupted (Ctrl-C); the backend is closed, which stops local runs
+143  terminated (SIGTERM); the backend is closed, as for Ctrl-C
 ===  =====================================================================
 """
 
@@ -28,13 +31,15 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 import click
 from pydantic import ValidationError
@@ -46,6 +51,7 @@ from lume_scheduling.domain import (
     EmptyResultError,
     FlowFailedError,
     FlowNotFoundError,
+    FlowParameterError,
     FlowRunNotFoundError,
     FlowRunState,
     FlowRunTimeoutError,
@@ -53,10 +59,21 @@ from lume_scheduling.domain import (
     RunConfig,
     TaskNotCompletedError,
     TaskNotInFlowError,
+    as_timedelta,
     parse_run_config,
 )
 
-from .settings import BACKEND_KINDS, Settings, SettingsError, load_settings, parse_document, validation_problems
+from lume_scheduling.domain.secrets import mask_text, secret_values
+
+from .settings import (
+    BACKEND_KINDS,
+    Settings,
+    SettingsError,
+    load_settings,
+    parse_document,
+    read_bounded,
+    validation_problems,
+)
 
 PROG = "lume-scheduling"
 
@@ -68,6 +85,7 @@ EXIT_TIMEOUT = 4
 EXIT_UNAVAILABLE = 5
 EXIT_NOT_FOUND = 6
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 DEFAULT_FLOW_ATTRIBUTE = "flow"
 # Backends log under this name (e.g. a server run's own log lines).
@@ -99,8 +117,19 @@ class CliState:
     backend: Optional[str] = None
     debug: bool = False
     quiet: bool = False
+    # Where results go (the real stdout, kept aside while the command runs).
+    out: Optional[TextIO] = None
+    # Set once interrupted, or once the backend is being closed: further
+    # Ctrl-C/SIGTERM are ignored (the way out is under way).
+    interrupted: bool = False
+    closing: bool = False
     _settings: Optional[Settings] = None
     _container: Any = None
+    # Env values of the run config given, masked in every line printed.
+    secrets: Tuple[str, ...] = ()
+    _log_handler: Optional[logging.Handler] = None
+    _prefect_adopted: bool = False
+    _undo: List[Callable[[], None]] = field(default_factory=list)
 
     def settings(self) -> Settings:
         """The settings: --config file, then the environment, then --backend."""
@@ -116,9 +145,19 @@ class CliState:
 
             container = create_container(self.settings())
             self._container = container
-            click.get_current_context().find_root().call_on_close(container.shutdown_resources)
+
+            def shutdown() -> None:
+                self.closing = True
+                container.shutdown_resources()
+
+            click.get_current_context().find_root().call_on_close(shutdown)
         service: SchedulingService = self._container.service()
+        _adopt_prefect_logs(self)
         return service
+
+    def emit(self, text: str) -> None:
+        """A result line on stdout (the only thing that goes there)."""
+        click.echo(text, file=self.out)
 
     def progress(self, message: str) -> None:
         """A progress line on stderr, unless --quiet."""
@@ -169,6 +208,11 @@ def load_flow(spec: str) -> Any:
             module = importlib.import_module(target)
     except CliError:
         raise
+    except SystemExit as err:  # sys.exit() at import: nothing would run, yet exit 0
+        raise CliError(
+            f"cannot load flow {spec!r}: {target} called sys.exit({err.code!r}) while it was imported "
+            "(guard script code with `if __name__ == \"__main__\":`)"
+        ) from err
     except Exception as err:  # the user's code may raise anything while it loads
         raise CliError(f"cannot load flow {spec!r}: {type(err).__name__}: {err}") from err
     candidate: Any = module
@@ -281,9 +325,9 @@ def _json_key(key: Any) -> str:
     return repr(key)
 
 
-def emit_json(value: Any) -> None:
+def emit_json(state: "CliState", value: Any) -> None:
     """Write ``value`` to stdout as one JSON document."""
-    click.echo(json.dumps(jsonable(value), allow_nan=False))
+    state.emit(json.dumps(jsonable(value), allow_nan=False))
 
 
 # ------------------------------------------------------------- run configs
@@ -293,15 +337,12 @@ def read_run_config(path: str) -> RunConfig:
     """Read and validate a run config file (YAML or JSON) holding ``kind`` and the fields.
 
     Raises:
-        SettingsError: Unreadable, not a mapping, no or unknown ``kind``, or an
+        SettingsError: Unreadable, beyond the limits of a settings file (size,
+            nesting, YAML aliases), not a mapping, no or unknown ``kind``, or an
             invalid field; one problem per field.
     """
     source = f"run config {path!r}"
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise SettingsError(source, [("", f"cannot be read: {reason}")]) from err
+    text = read_bounded(path, source)
     suffix = ".json" if path.lower().endswith(".json") else ".yaml"
     data = parse_document(text, suffix, source)
     if not isinstance(data, dict):
@@ -347,7 +388,7 @@ def classify(err: BaseException) -> Tuple[int, List[str]]:
         return EXIT_UNAVAILABLE, [str(err)]
     if isinstance(err, (FlowNotFoundError, FlowRunNotFoundError)):
         return EXIT_NOT_FOUND, [str(err)]
-    if isinstance(err, (TaskNotInFlowError, LocalBackendError)):
+    if isinstance(err, (TaskNotInFlowError, LocalBackendError, FlowParameterError)):
         return EXIT_USAGE, [str(err)]
     if isinstance(err, (TypeError, ValueError)):
         return EXIT_USAGE, [f"invalid argument: {err}"]
@@ -453,9 +494,34 @@ def _wait_with_progress(
             pass
 
 
+class Seconds(click.ParamType):
+    """A time-out in seconds: a finite number above 0, refused as the library
+    refuses it (``nan``, ``inf``, negative, too large)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        if isinstance(value, float):
+            seconds = value
+        else:
+            try:
+                seconds = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        try:
+            as_timedelta(seconds, "the time-out")
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+        if seconds <= 0:
+            self.fail(f"the time-out must be above 0 seconds, not {value}", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()
+
 _timeout_option = click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     default=None,
     metavar="SECONDS",
     help="Give up (and cancel the run) after this many seconds; default: wait.",
@@ -491,6 +557,26 @@ def _flow_run_options(function: Any) -> Any:
     return function
 
 
+def _check_run_config_kind(
+    state: CliState, service: SchedulingService, config: RunConfig, path: str
+) -> None:
+    """A run config file must be of the kind the backend runs.
+
+    Raises:
+        SettingsError: Naming the file, its kind and the backend's kind.
+    """
+    wanted = service.backend.run_config_type
+    if not isinstance(config, wanted):
+        raise SettingsError(
+            f"run config {path!r}",
+            [(
+                "kind",
+                f"is {config.kind!r}, but the {state.settings().backend} backend runs "
+                f"{wanted.kind!r} run configs",
+            )],
+        )
+
+
 def _submit_flow_run(
     state: CliState,
     flow_spec: Optional[str],
@@ -509,8 +595,12 @@ def _submit_flow_run(
     _check_target_arguments(flow_spec, flow_id, project)
     parameters = parse_parameters(params)
     run_config = read_run_config(run_config_file) if run_config_file else None
+    if run_config is not None:
+        state.secrets = secret_values(run_config.env)
     flow = load_flow(flow_spec) if flow_spec is not None else None
     service = state.service()
+    if run_config is not None and run_config_file is not None:
+        _check_run_config_kind(state, service, run_config, run_config_file)
     target = _run_target(state, service, flow, flow_id, project)
     return service, service.submit(parameters, run_config, **target)
 
@@ -542,7 +632,7 @@ def run(
     service, flow_run_id = _submit_flow_run(state, flow_spec, params, run_config_file, flow_id, project)
     state.progress(f"flow run {flow_run_id} submitted to the {state.settings().backend} backend")
     _wait_with_progress(state, service, flow_run_id, timeout)
-    emit_json(service.result(flow_run_id, task_name))
+    emit_json(state, service.result(flow_run_id, task_name))
 
 
 @cli.command()
@@ -561,7 +651,7 @@ def submit(
     _use_backend(state, backend)
     _require_server_kind(state, "submit")
     _, flow_run_id = _submit_flow_run(state, flow_spec, params, run_config_file, flow_id, project)
-    click.echo(flow_run_id)
+    state.emit(flow_run_id)
 
 
 @cli.command()
@@ -570,7 +660,7 @@ def submit(
 def status(state: CliState, flow_run_id: str) -> None:
     """Print the state of a flow run (server backends)."""
     _require_server_kind(state, "status")
-    click.echo(str(state.service().get_state(flow_run_id)))
+    state.emit(str(state.service().get_state(flow_run_id)))
 
 
 @cli.command()
@@ -578,7 +668,7 @@ def status(state: CliState, flow_run_id: str) -> None:
 @_task_option
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     default=None,
     metavar="SECONDS",
     help="Give up after this many seconds (exit code 4; the run goes on); default: wait.",
@@ -587,7 +677,7 @@ def status(state: CliState, flow_run_id: str) -> None:
 def result(state: CliState, flow_run_id: str, task_name: Optional[str], timeout: Optional[float]) -> None:
     """Wait for a flow run and print its result as JSON (server backends)."""
     _require_server_kind(state, "result")
-    emit_json(state.service().result(flow_run_id, task_name, timeout=timeout))
+    emit_json(state, state.service().result(flow_run_id, task_name, timeout=timeout))
 
 
 @cli.command()
@@ -597,7 +687,7 @@ def cancel(state: CliState, flow_run_id: str) -> None:
     """Cancel a flow run (server backends); print whether it was stopped."""
     _require_server_kind(state, "cancel")
     stopped = state.service().cancel(flow_run_id)
-    click.echo("cancelled" if stopped else "not cancelled: the flow run had already ended")
+    state.emit("cancelled" if stopped else "not cancelled: the flow run had already ended")
 
 
 def _require_server_capability(state: CliState, service: SchedulingService, command: str) -> None:
@@ -630,48 +720,199 @@ def register(state: CliState, flow_spec: str, project: str, image: Optional[str]
     flow = load_flow(flow_spec)
     service = state.service()
     _require_server_capability(state, service, "register")
-    click.echo(service.register_flow(flow, project, image, list(labels) or None, no_url=True))
+    state.emit(service.register_flow(flow, project, image, list(labels) or None, no_url=True))
 
 
 @cli.command("validate-config")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-def validate_config(file: str) -> None:
+@pass_state
+def validate_config(state: CliState, file: str) -> None:
     """Check a run config file (YAML or JSON, with kind: local|docker|kubernetes).
 
     Prints the validated run config as JSON (env values masked), or one line per
     problem naming its field, and exits with 2.
     """
-    click.echo(json.dumps(jsonable(public_run_config(read_run_config(file))), indent=2))
+    state.emit(json.dumps(jsonable(public_run_config(read_run_config(file))), indent=2))
 
 
 # ----------------------------------------------------------------- entry point
 
 
+def _is_flow_log(record: logging.LogRecord) -> bool:
+    """A log line of the flow itself (not one of the backend's own): forwarded
+    from a worker or run in this process (its logger is not ours), or read from
+    a server run (marked ``flow_log``)."""
+    return bool(getattr(record, "flow_log", False)) or not record.name.startswith(LOGGER_NAME)
+
+
+def _log_filter(state: CliState) -> Callable[[logging.LogRecord], bool]:
+    # --quiet is known once the global options are parsed: the filter asks then.
+    def shown(record: logging.LogRecord) -> bool:
+        if not state.quiet:
+            return True
+        return record.levelno >= logging.WARNING and not _is_flow_log(record)
+
+    return shown
+
+
+class _MaskingFormatter(logging.Formatter):
+    """``lume-scheduling: <message>``, with the run config's env values masked
+    (lines of flows run in this process are not masked by a worker)."""
+
+    def __init__(self, state: CliState) -> None:
+        super().__init__(f"{PROG}: %(message)s")
+        self._state = state
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_text(super().format(record), self._state.secrets)
+
+
 @contextlib.contextmanager
-def _backend_logs_to_stderr(state: CliState) -> Iterator[None]:
-    """Show what backends log (a server run's own log lines, warnings) on stderr while
-    a command runs; only warnings and errors with --quiet. Undone afterwards."""
+def _backend_logs_to_stderr(state: CliState) -> Iterator[logging.Handler]:
+    """Show what backends log (the flow's own log lines, a server run's, warnings)
+    on stderr while a command runs; with --quiet only the backends' own warnings
+    and errors (the flow's lines are silenced, at every level). Undone afterwards.
+
+    Yields:
+        The handler, which `_adopt_prefect_logs` also puts on prefect's logger.
+    """
     logger = logging.getLogger(LOGGER_NAME)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
-    # --quiet is known once the global options are parsed: the filter asks then.
-    handler.addFilter(lambda record: record.levelno >= logging.WARNING or not state.quiet)
+    handler.setFormatter(_MaskingFormatter(state))
+    handler.addFilter(_log_filter(state))
     level = logger.level
     logger.addHandler(handler)
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
     try:
-        yield
+        yield handler
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
 
 
+def _adopt_prefect_logs(state: CliState) -> None:
+    """Flows that run in this process (the fake, ``isolated = false``) log through
+    prefect's logger, whose own handler writes to stdout: while the command runs,
+    their lines go through our handler instead (stderr, --quiet honoured).
+    Done once, after prefect is imported; undone when the command ends."""
+    ours = state._log_handler
+    if "prefect" not in sys.modules or ours is None or state._prefect_adopted:
+        return
+    state._prefect_adopted = True
+    prefect_logger = logging.getLogger("prefect")
+    own = [h for h in prefect_logger.handlers if type(h) is logging.StreamHandler]
+    for handler in own:
+        prefect_logger.removeHandler(handler)
+    prefect_logger.addHandler(ours)
+
+    def undo() -> None:
+        prefect_logger.removeHandler(ours)
+        for handler in own:
+            prefect_logger.addHandler(handler)
+
+    state._undo.append(undo)
+
+
+@contextlib.contextmanager
+def _stdout_for_results(state: CliState) -> Iterator[None]:
+    """Keep stdout for results only while a command runs.
+
+    The real stdout is set aside for `CliState.emit`; ``sys.stdout`` becomes
+    ``sys.stderr``, and when stdout is the process's file descriptor 1, fd 1 is
+    pointed at stderr too, so what tasks print, here or in worker processes
+    (which inherit fd 1), and what C code writes to fd 1, lands on stderr.
+    Undone afterwards.
+    """
+    real = sys.stdout
+    try:
+        real.flush()
+        fd = real.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = -1
+    kept = -1
+    if fd == 1 and sys.stderr is not None:
+        kept = os.dup(1)
+        os.dup2(sys.stderr.fileno(), 1)
+        state.out = open(  # noqa: SIM115 - closed below
+            os.dup(kept), "w", encoding=real.encoding, errors=real.errors, closefd=True
+        )
+    else:
+        state.out = real
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout = real
+        if kept >= 0:
+            assert state.out is not None
+            state.out.close()
+            os.dup2(kept, 1)
+            os.close(kept)
+        state.out = real
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so the backend is closed."""
+
+
+@contextlib.contextmanager
+def _signals_interrupt(state: CliState, restore: bool) -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM interrupt the command the same way: the
+    backend is closed (its local runs stopped) and one line says so. Once the
+    backend is closing, further signals are ignored, so the closing finishes
+    and no traceback is printed. Only in the main thread (signals are delivered
+    there).
+
+    Args:
+        restore: Put the previous handlers back afterwards. The console script
+            keeps ours until the interpreter exits (a late Ctrl-C is ignored).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        if state.closing or state.interrupted:
+            return  # already on the way out
+        state.interrupted = True
+        raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        if restore:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """The console script: run the command line and exit with its code (see the module docstring)."""
+    """The console script: run the command line and exit with its code (see the module docstring).
+
+    Args:
+        argv: The arguments; None (the console script) reads ``sys.argv``.
+    """
     state = CliState()
-    with _backend_logs_to_stderr(state):
-        _main(state, argv)
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_signals_interrupt(state, restore=argv is not None))
+            stack.enter_context(_stdout_for_results(state))
+            state._log_handler = stack.enter_context(_backend_logs_to_stderr(state))
+            stack.callback(lambda: [undo() for undo in reversed(state._undo)])
+            _main(state, argv)
+    except KeyboardInterrupt as interrupted:  # between the command and the exit
+        _exit_interrupted(interrupted)
+    finally:
+        state.closing = True  # a signal while the interpreter exits is ignored
+
+
+def _exit_interrupted(interrupted: BaseException) -> None:
+    if isinstance(interrupted, _Terminated):
+        click.echo(f"{PROG}: terminated", err=True)
+        sys.exit(EXIT_TERMINATED)
+    click.echo(f"{PROG}: aborted", err=True)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def _main(state: CliState, argv: Optional[Sequence[str]]) -> None:
@@ -679,10 +920,11 @@ def _main(state: CliState, argv: Optional[Sequence[str]]) -> None:
         cli.main(args=list(argv) if argv is not None else None, prog_name=PROG, standalone_mode=False, obj=state)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
-    except click.Abort:
-        # Ctrl-C: the backend was closed on the way out (its runs stopped).
-        click.echo(f"{PROG}: aborted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+    except click.Abort as abort:
+        # Ctrl-C or SIGTERM: the backend was closed on the way out (its runs stopped).
+        _exit_interrupted(abort.__cause__ if isinstance(abort.__cause__, KeyboardInterrupt) else abort)
+    except KeyboardInterrupt as interrupted:  # outside a command (while parsing, or closing)
+        _exit_interrupted(interrupted)
     except click.UsageError as err:
         hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
         click.echo(f"{PROG}: error: {err.format_message()}{hint}", err=True)

@@ -19,8 +19,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
 
-from lume_scheduling.adapters.prefect_flows import execute_flow, is_prefect_flow
+from lume_scheduling.adapters.prefect_flows import execute_flow, flow_parameters, is_prefect_flow
 from lume_scheduling.application import Backend, BackendCapabilities, FlowRunRequest
+from lume_scheduling.application.ports import DeclaredParameters
+from lume_scheduling.domain.secrets import MASK
 from lume_scheduling.domain import (
     BackendUnavailableError,
     FlowNotFoundError,
@@ -48,6 +50,28 @@ class Call:
 
     operation: str
     arguments: Dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # Env values are often secrets: masked, as in a run config's repr.
+        return f"Call(operation={self.operation!r}, arguments={_masked_arguments(self.arguments)!r})"
+
+
+def _masked_env(env: Any) -> Any:
+    if isinstance(env, Mapping):
+        return {name: MASK for name in env}
+    return env
+
+
+def _masked_arguments(arguments: Mapping[str, Any]) -> Dict[str, Any]:
+    """The arguments with env values masked: ``env=`` itself, and the env of a
+    run config given as a mapping (a `RunConfig` masks its own)."""
+    masked = dict(arguments)
+    if "env" in masked:
+        masked["env"] = _masked_env(masked["env"])
+    run_config = masked.get("run_config")
+    if isinstance(run_config, Mapping) and "env" in run_config:
+        masked["run_config"] = {**run_config, "env": _masked_env(run_config["env"])}
+    return masked
 
 
 @dataclass(frozen=True)
@@ -391,6 +415,15 @@ class InMemoryBackend(Backend):
             super()._check_target(flow, flow_id)
         if flow is not None:
             _check_flow(flow)
+
+    def _flow_parameters(self, flow: Any, flow_id: Optional[str]) -> Optional[DeclaredParameters]:
+        if flow_id is not None:
+            with self._lock:
+                registered = self._flows_by_id.get(flow_id)
+            if registered is None:
+                return None  # _submit raises FlowNotFoundError (or unavailable)
+            flow = registered.flow
+        return flow.name, flow_parameters(flow)
 
     def _submit(self, request: FlowRunRequest) -> str:
         with self._lock:

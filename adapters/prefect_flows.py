@@ -12,12 +12,44 @@ from typing import Any, Iterable, List, Mapping, Optional, Tuple
 import prefect
 from prefect.engine import state as prefect_state
 
-from lume_scheduling.domain import FlowRunResult, FlowRunState, TaskRun, TaskRunState
+from lume_scheduling.domain import FlowParameter, FlowRunResult, FlowRunState, TaskRun, TaskRunState
 
 
 def is_prefect_flow(candidate: Any) -> bool:
     """True for a Prefect 1 ``Flow``."""
     return isinstance(candidate, prefect.Flow)
+
+
+def flow_parameters(flow: "prefect.Flow") -> Tuple[FlowParameter, ...]:
+    """The parameters a Prefect 1 flow declares, sorted by name (as ``Flow.run``
+    sees them: a parameter without a default is required)."""
+    return tuple(
+        sorted(
+            (
+                FlowParameter(p.name, required=bool(p.required), default=None if p.required else p.default)
+                for p in flow.parameters()
+            ),
+            key=lambda parameter: parameter.name,
+        )
+    )
+
+
+def serialized_flow_parameters(serialized_flow: Any) -> Optional[Tuple[FlowParameter, ...]]:
+    """The parameters listed in a serialized flow (a Prefect Server's
+    ``flow.serialized_flow``), sorted by name; None when it lists none in a
+    readable form."""
+    if not isinstance(serialized_flow, Mapping):
+        return None
+    listed = serialized_flow.get("parameters")
+    if not isinstance(listed, list):
+        return None
+    parameters = []
+    for entry in listed:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
+            return None
+        required = bool(entry.get("required"))
+        parameters.append(FlowParameter(entry["name"], required=required, default=None if required else entry.get("default")))
+    return tuple(sorted(parameters, key=lambda parameter: parameter.name))
 
 
 def task_run_state(state: prefect_state.State) -> TaskRunState:

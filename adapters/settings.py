@@ -4,7 +4,9 @@ Settings come from four places, later ones winning key by key:
 
 1. the defaults below (the isolated local backend);
 2. a settings file: TOML (``.toml``, read with `tomllib`), YAML (``.yaml``/``.yml``,
-   read with ``yaml.safe_load`` only, so no tag can run code) or JSON (``.json``);
+   read with PyYAML's safe loader only, so no tag can run code) or JSON (``.json``),
+   within the limits of `lume_scheduling.domain.documents` (size, nesting depth,
+   YAML alias expansion);
 3. environment variables: ``LUME_SCHEDULING_BACKEND`` for the backend kind, and
    ``LUME_SCHEDULING_<SECTION>__<KEY>`` (two underscores) for one key of a
    section, e.g. ``LUME_SCHEDULING_LOCAL__MAX_WORKERS=4`` or
@@ -12,24 +14,37 @@ Settings come from four places, later ones winning key by key:
    (without ``__``) are not settings and are left alone;
 4. explicit overrides (a dict, e.g. the command line's ``--backend``).
 
-Every section forbids unknown keys. A bad key or value raises `SettingsError`,
-which names the key, where it came from (file or environment variable) and what
-is wrong, one problem per line. The API key is a `pydantic.SecretStr`: no repr,
-str, log line or error message shows it.
+Every section forbids unknown keys, and values are not coerced: an integer key
+takes an integer (not ``2.5``, ``true`` or ``"2"``), a boolean key ``true`` or
+``false`` (not ``1`` or ``"yes"``), a text key text. Environment variables hold
+text, so theirs are read by the key's type first (``4``; ``true``/``false``,
+``yes``/``no``, ``on``/``off``, ``1``/``0``). A bad key or value raises
+`SettingsError`, which names the key, where it came from (file or environment
+variable) and what is wrong, one problem per line. The API key is a
+`pydantic.SecretStr`: no repr, str, log line or error message shows it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlparse
 
-import yaml
-from pydantic import BaseModel, Extra, SecretStr, ValidationError, conint, validator
+from pydantic import BaseModel, Extra, SecretStr, StrictBool, StrictInt, StrictStr, ValidationError, conint, validator
 
+from lume_scheduling.domain.documents import (
+    DocumentError,
+    check_depth,
+    check_size,
+    load_yaml,
+    read_document,
+    too_deep,
+)
 from lume_scheduling.domain.image import image_reference_problem
 
 ENV_PREFIX = "LUME_SCHEDULING_"
@@ -83,8 +98,19 @@ class LocalSettings(_Section):
             the caller down); False runs flows in this process.
     """
 
-    max_workers: Optional[conint(ge=1)] = None  # type: ignore[valid-type]
-    isolated: bool = True
+    max_workers: Optional[conint(strict=True, ge=1)] = None  # type: ignore[valid-type]
+    isolated: StrictBool = True
+
+
+_SECONDS_KEYS = (
+    "request_timeout",
+    "request_backoff",
+    "poll_interval",
+    "poll_backoff",
+    "poll_max_interval",
+    "cancel_timeout",
+    "agent_check_after",
+)
 
 
 class ServerSettings(_Section):
@@ -111,20 +137,33 @@ class ServerSettings(_Section):
         task_run_page_size: Task runs fetched per query.
     """
 
-    api_url: str = "http://localhost:4200/graphql"
+    api_url: StrictStr = "http://localhost:4200/graphql"
     api_key: Optional[SecretStr] = None
-    tenant_id: Optional[str] = None
-    default_image: Optional[str] = None
-    ui_url: Optional[str] = None
+    tenant_id: Optional[StrictStr] = None
+    default_image: Optional[StrictStr] = None
+    ui_url: Optional[StrictStr] = None
     request_timeout: Optional[float] = None
-    request_retries: Optional[int] = None
+    request_retries: Optional[StrictInt] = None
     request_backoff: Optional[float] = None
     poll_interval: Optional[float] = None
     poll_backoff: Optional[float] = None
     poll_max_interval: Optional[float] = None
     cancel_timeout: Optional[float] = None
     agent_check_after: Optional[float] = None
-    task_run_page_size: Optional[int] = None
+    task_run_page_size: Optional[StrictInt] = None
+
+    @validator("api_key", pre=True)
+    def _check_api_key_is_text(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, (str, SecretStr)):
+            raise TypeError("str type expected")  # never the value: it is a secret
+        return value
+
+    @validator(*_SECONDS_KEYS, pre=True)
+    def _check_number(cls, value: Any) -> Any:
+        # An int is a number of seconds too; text and booleans are not.
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise TypeError("value is not a valid float")
+        return value
 
     @validator("api_url")
     def _check_api_url(cls, value: str) -> str:
@@ -184,7 +223,7 @@ class FakeSettings(_Section):
             flow id) rather than like the local backend.
     """
 
-    server: bool = True
+    server: StrictBool = True
 
 
 class Settings(_Section):
@@ -258,7 +297,7 @@ def validation_problems(err: ValidationError, origins: Optional[Mapping[Tuple[st
     for error in err.errors():
         loc = tuple(str(part) for part in error["loc"] if part != "__root__")
         location = ".".join(loc)
-        origin = (origins or {}).get(loc)
+        origin = _origin(loc, origins or {})
         if origin:
             location = f"{location} ({origin})"
         message = error["msg"]
@@ -270,14 +309,25 @@ def validation_problems(err: ValidationError, origins: Optional[Mapping[Tuple[st
     return problems
 
 
+def _origin(loc: Tuple[str, ...], origins: Mapping[Tuple[str, ...], str]) -> Optional[str]:
+    """The variable(s) a value at ``loc`` came from: the key's own, else those
+    of the keys under it (a section made of variables)."""
+    if loc in origins:
+        return origins[loc]
+    under = sorted(name for path, name in origins.items() if loc and path[: len(loc)] == loc)
+    return ", ".join(under) or None
+
+
 # ------------------------------------------------------------------ sources
 
 
 def read_settings_file(path: Union[str, os.PathLike[str]]) -> Dict[str, Any]:
     """Read a settings file into plain data, choosing the parser by suffix.
 
-    YAML is read with ``yaml.safe_load``: tags such as ``!!python/object`` are
-    rejected, never run.
+    YAML is read with PyYAML's safe loader: tags such as ``!!python/object``
+    are rejected, never run. A file larger than 1,000,000 characters, nested
+    more than 100 levels deep, or (YAML) with more than 100,000 nodes once its
+    aliases are expanded is refused.
 
     Args:
         path: A ``.toml``, ``.yaml``/``.yml`` or ``.json`` file.
@@ -287,7 +337,7 @@ def read_settings_file(path: Union[str, os.PathLike[str]]) -> Dict[str, Any]:
 
     Raises:
         SettingsError: The file is missing, unreadable, of an unknown type, not
-            valid TOML/YAML/JSON, or does not hold a mapping.
+            valid TOML/YAML/JSON, beyond the limits, or does not hold a mapping.
     """
     file = Path(path)
     source = f"settings file {str(file)!r}"
@@ -296,52 +346,105 @@ def read_settings_file(path: Union[str, os.PathLike[str]]) -> Dict[str, Any]:
         raise SettingsError(
             source, [("", f"unknown file type {suffix or '(none)'!r}: use .toml, .yaml, .yml or .json")]
         )
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise SettingsError(source, [("", f"cannot be read: {reason}")]) from err
+    text = read_bounded(file, source)
     data = parse_document(text, suffix, source)
     if not isinstance(data, dict):
         raise SettingsError(source, [("", f"must hold a mapping of settings, not {type(data).__name__}")])
     return data
 
 
+def read_bounded(path: Union[str, os.PathLike[str]], source: str) -> str:
+    """The text of a settings or run config file (UTF-8, at most
+    `MAX_DOCUMENT_CHARS` characters).
+
+    Raises:
+        SettingsError: It cannot be read, or it is larger than the limit.
+    """
+    try:
+        return read_document(os.fspath(path))
+    except DocumentError as err:
+        raise SettingsError(source, [("", str(err))]) from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise SettingsError(source, [("", f"cannot be read: {reason}")]) from err
+
+
 def parse_document(text: str, suffix: str, source: str) -> Any:
-    """Parse TOML, YAML (safe loader) or JSON text, by file suffix.
+    """Parse TOML, YAML (safe loader) or JSON text, by file suffix, within the
+    limits of `lume_scheduling.domain.documents` (size, nesting, YAML aliases).
 
     Parse errors say where (line, column) and what, never echo the text: a
     settings file may hold an API key.
 
     Raises:
-        SettingsError: The text does not parse.
+        SettingsError: The text does not parse, or is beyond the limits.
     """
-    if suffix in _TOML_SUFFIXES:
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            raise SettingsError(source, [("", f"is not valid TOML: {err}")]) from err
-    if suffix in _JSON_SUFFIXES:
+    try:
+        data = _parse(text, suffix)
+        check_depth(data)
+        return data
+    except DocumentError as err:
+        if err.syntax:
+            kind = "TOML" if suffix in _TOML_SUFFIXES else "JSON" if suffix in _JSON_SUFFIXES else "YAML"
+            problem = f"is not valid {kind}: {err}"
+        else:
+            problem = str(err)
+    # Raised outside the handler, not chained: a parser's own message may quote
+    # the offending line, which may hold a key.
+    raise SettingsError(source, [("", problem)])
+
+
+def _parse(text: str, suffix: str) -> Any:
+    check_size(text)
+    if suffix in _YAML_SUFFIXES or suffix not in _TOML_SUFFIXES + _JSON_SUFFIXES:
+        return load_yaml(text)
+    try:
+        if suffix in _TOML_SUFFIXES:
+            try:
+                return tomllib.loads(text)
+            except tomllib.TOMLDecodeError as err:
+                raise DocumentError(str(err), syntax=True) from None
         try:
             return json.loads(text)
         except json.JSONDecodeError as err:
-            raise SettingsError(
-                source, [("", f"is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})")]
-            ) from err
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        problem = _yaml_problem(err)
-    # Not chained: PyYAML's own message quotes the offending line, which may hold a key.
-    raise SettingsError(source, [("", f"is not valid YAML: {problem}")])
+            raise DocumentError(err.msg, err.lineno, err.colno, syntax=True) from None
+    except RecursionError:
+        # Both parsers recurse once per nesting level.
+        raise too_deep() from None
 
 
-def _yaml_problem(err: yaml.YAMLError) -> str:
-    if isinstance(err, yaml.MarkedYAMLError):
-        mark = err.problem_mark or err.context_mark
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        return f"{err.problem or err.context or 'syntax error'}{where}"
-    return type(err).__name__
+_TRUE_WORDS = ("true", "yes", "on", "1")
+_FALSE_WORDS = ("false", "no", "off", "0")
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+
+
+def environ_value(section: str, key: str, text: str) -> Any:
+    """An environment variable's text read by the type of the key it sets: an
+    integer, a number, ``true``/``false`` (also ``yes``/``no``, ``on``/``off``,
+    ``1``/``0``) or text. Text that does not read as the type is kept as it is,
+    so that validation names the key and the variable."""
+    model = Settings.__fields__.get(section)
+    field = None
+    if model is not None and isinstance(model.type_, type) and issubclass(model.type_, _Section):
+        field = model.type_.__fields__.get(key)
+    if field is None:
+        return text
+    kind = field.type_
+    word = text.strip().lower()
+    if kind in (bool, StrictBool):  # StrictBool is an int subclass: test it first
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+        return text
+    if isinstance(kind, type) and issubclass(kind, int):
+        return int(word) if _INTEGER_TEXT.fullmatch(word) else text
+    if kind is float:
+        try:
+            return float(word)
+        except ValueError:
+            return text
+    return text
 
 
 def settings_from_environ(
@@ -350,8 +453,8 @@ def settings_from_environ(
     """The settings named by environment variables.
 
     ``LUME_SCHEDULING_BACKEND`` sets ``backend``; ``LUME_SCHEDULING_A__B`` sets
-    key ``b`` of section ``a`` (names are case-insensitive). Values stay strings:
-    validation turns them into numbers and booleans (``4``, ``true``/``false``).
+    key ``b`` of section ``a`` (names are case-insensitive). Values are read by
+    the type of their key (`environ_value`); validation then checks them.
 
     Args:
         environ: The environment; None means `os.environ`.
@@ -359,10 +462,17 @@ def settings_from_environ(
     Returns:
         ``(data, origins)``: nested settings data, and for each dotted key the
         variable it came from.
+
+    Raises:
+        SettingsError: A variable with ``__`` does not name one key of one
+            section (``LUME_SCHEDULING_LOCAL__MAX_WORKERS__X``,
+            ``LUME_SCHEDULING_BACKEND__X``, ``LUME_SCHEDULING_LOCAL__``); each
+            such variable is named.
     """
     environ = os.environ if environ is None else environ
     data: Dict[str, Any] = {}
     origins: Dict[Tuple[str, ...], str] = {}
+    problems: List[Tuple[str, str]] = []
     for name, value in sorted(environ.items()):
         if not name.upper().startswith(ENV_PREFIX):
             continue
@@ -372,15 +482,18 @@ def settings_from_environ(
             origins[("backend",)] = name
         elif ENV_SECTION_SEPARATOR in rest:
             path = tuple(rest.split(ENV_SECTION_SEPARATOR))
-            node = data
-            for part in path[:-1]:
-                child = node.setdefault(part, {})
-                if not isinstance(child, dict):
-                    break
-                node = child
-            else:
-                node[path[-1]] = value
-                origins[path] = name
+            if len(path) != 2 or not all(path) or path[0] == "backend":
+                problems.append((
+                    f"{'.'.join(path)} ({name})",
+                    f"not a setting: a key of a section is {ENV_PREFIX}<SECTION>__<KEY>, "
+                    f"with one '{ENV_SECTION_SEPARATOR}' (the backend is {ENV_BACKEND})",
+                ))
+                continue
+            section, key = path
+            data.setdefault(section, {})[key] = environ_value(section, key, value)
+            origins[path] = name
+    if problems:
+        raise SettingsError("settings from the environment", problems)
     return data, origins
 
 
@@ -449,8 +562,10 @@ __all__ = [
     "SettingsError",
     "load_settings",
     "validation_problems",
+    "environ_value",
     "merge",
     "parse_document",
+    "read_bounded",
     "read_settings_file",
     "server_config_problems",
     "settings_from_environ",

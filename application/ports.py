@@ -16,30 +16,43 @@ Life of a flow run, on every backend::
 
 No prefect, requests or docker exception crosses the port: adapters translate
 them into `lume_scheduling.domain` errors with ``raise ... from err``. Invalid
-run configuration raises `pydantic.ValidationError` before anything runs.
+run configuration raises `pydantic.ValidationError`, and parameters the flow
+does not declare (or required ones left out) raise `FlowParameterError`, before
+a run is created. The run config's env values are masked in every record and
+error the port hands back.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import warnings
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 from datetime import timedelta
-from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Type, Union
+from typing import Any, ClassVar, Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 from lume_scheduling.domain import (
     RUN_CONFIG_TYPES,
     BackendUnavailableError,
+    FlowParameter,
     FlowRunResult,
     FlowRunState,
     FlowRunTimeoutError,
     LocalBackendError,
     RunConfig,
     as_timedelta,
+    check_flow_parameters,
 )
+from lume_scheduling.domain.parameters import missing_parameters
+from lume_scheduling.domain.secrets import secret_values
 
 Timeout = Union[timedelta, float, int, None]
+# What a flow declares: its name (for messages) and its parameters.
+DeclaredParameters = Tuple[Optional[str], Sequence[FlowParameter]]
+# Runs whose env values the port remembers, per backend (oldest forgotten first).
+_REMEMBERED_RUNS = 4096
 
 # Frames of these modules are skipped when a warning names its caller...
 _INTERNAL_MODULES = ("lume_scheduling.application.", "lume_scheduling.adapters.")
@@ -236,6 +249,26 @@ def check_parameters(parameters: Optional[Mapping[str, Any]], argument: str = "p
     return dict(parameters)
 
 
+class _RunSecrets:
+    """The env values of the runs a backend created, to mask in what it returns
+    (bounded; thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: "OrderedDict[str, Tuple[str, ...]]" = OrderedDict()
+
+    def remember(self, flow_run_id: str, secrets: Tuple[str, ...]) -> None:
+        with self._lock:
+            self._runs[flow_run_id] = secrets
+            self._runs.move_to_end(flow_run_id)
+            while len(self._runs) > _REMEMBERED_RUNS:
+                self._runs.popitem(last=False)
+
+    def get(self, flow_run_id: str) -> Optional[Tuple[str, ...]]:
+        with self._lock:
+            return self._runs.get(flow_run_id)
+
+
 def _check_name(argument: str, value: Any) -> str:
     """A required name: a wrong type is a TypeError, an empty one a ValueError."""
     if not isinstance(value, str):
@@ -277,8 +310,10 @@ class Backend(ABC):
     Subclasses set `run_config_type`, declare `capabilities`, and implement the
     hooks `_submit`, `_get_state`, `_wait`, `_get_result` and `_cancel` (plus
     `_create_project`, `_register_flow`, `_load_flow` when they have a server,
-    and `_close` when they hold something). Implementations are safe to call
-    from several threads at once.
+    and `_close` when they hold something). `_flow_parameters` tells the port
+    what a flow declares, so that parameters are checked (`FlowParameterError`)
+    before a run is created; without it no check is made. Implementations are
+    safe to call from several threads at once.
 
     Arguments are checked the same way on every backend, before anything runs:
     a wrong type is a `TypeError`, an empty name a `ValueError`, both naming the
@@ -437,6 +472,8 @@ class Backend(ABC):
 
         Raises:
             pydantic.ValidationError: Invalid run configuration; nothing ran.
+            FlowParameterError: A parameter the flow does not declare, or a
+                required one left out (a `ValueError`); no run was created.
             TypeError: Bad ``parameters`` or ``run_config``, the wrong one of
                 ``flow``/``flow_id``, or a ``flow_id`` that is not a string.
             ValueError: An empty ``flow_id``.
@@ -445,7 +482,7 @@ class Backend(ABC):
         """
         self._check_open()
         request = self._request(parameters, run_config, flow, flow_id, kwargs, "submit")
-        return self._submit(request)
+        return self._start(request)
 
     def get_state(self, flow_run_id: str) -> FlowRunState:
         """The current state of a flow run.
@@ -490,7 +527,7 @@ class Backend(ABC):
         self._check_open()
         checked = _check_name("flow_run_id", flow_run_id)
         self._wait_final(checked, as_timedelta(timeout))
-        return self._get_result(checked)
+        return self._masked(self._get_result(checked))
 
     def result(
         self, flow_run_id: str, task_name: Optional[str] = None, *, timeout: Timeout = None
@@ -554,11 +591,11 @@ class Backend(ABC):
         """
         self._check_open()
         request = self._request(parameters, run_config, flow, flow_id, kwargs, "run")
-        flow_run_id = self._submit(request)
+        flow_run_id = self._start(request)
         if self.capabilities.server:
             return flow_run_id
         self._wait_final(flow_run_id, None)
-        failure = self._get_result(flow_run_id).failure()
+        failure = self._masked(self._get_result(flow_run_id)).failure()
         if failure is not None:
             raise failure
         return None
@@ -605,7 +642,7 @@ class Backend(ABC):
         task_name = _check_optional_name("task_name", task_name)
         _check_flag("cancel_on_timeout", cancel_on_timeout)
         request = self._request(parameters, run_config, flow, flow_id, kwargs, "run_and_return")
-        flow_run_id = self._submit(request)
+        flow_run_id = self._start(request)
         try:
             self._wait_final(flow_run_id, delta)
         except FlowRunTimeoutError:
@@ -631,7 +668,7 @@ class Backend(ABC):
 
     def _selected_result(self, flow_run_id: str, task_name: Optional[str]) -> Any:
         """The selected value of a run known to be final, or its failure."""
-        record = self._get_task_result(flow_run_id, task_name)
+        record = self._masked(self._get_task_result(flow_run_id, task_name))
         failure = record.failure()
         if failure is not None:
             raise failure
@@ -655,7 +692,52 @@ class Backend(ABC):
         )
         checked = check_parameters(parameters)
         self._check_target(flow, flow_id)
+        self._check_flow_parameters(checked, flow, flow_id)
         return FlowRunRequest(checked, config, flow=flow, flow_id=flow_id)
+
+    def _check_flow_parameters(self, parameters: Mapping[str, Any], flow: Any, flow_id: Optional[str]) -> None:
+        """The parameter rule, the same on every backend: each name given must be
+        a parameter of the flow, each required parameter must be given (or be
+        supplied by the backend, see `_default_parameters`).
+
+        Raises:
+            FlowParameterError: Naming the unknown and missing parameters and
+                listing the flow's parameters.
+        """
+        declared = self._flow_parameters(flow, flow_id)
+        if declared is None:
+            return
+        flow_name, flow_parameters = declared
+        supplied: Collection[str] = ()
+        if missing_parameters(flow_parameters, parameters):
+            supplied = self._default_parameters(flow, flow_id)
+        check_flow_parameters(flow_name, flow_parameters, parameters, supplied_elsewhere=supplied)
+
+    def _start(self, request: FlowRunRequest) -> str:
+        """Hand a checked request to the adapter, and remember the env values of
+        the run so that what is read back about it is masked."""
+        flow_run_id = self._submit(request)
+        self._run_secrets_store().remember(flow_run_id, secret_values(request.run_config.env))
+        return flow_run_id
+
+    def _run_secrets_store(self) -> _RunSecrets:
+        store = self.__dict__.get("_port_run_secrets")
+        if store is None:
+            # setdefault is atomic: two threads asking at once share one store.
+            store = self.__dict__.setdefault("_port_run_secrets", _RunSecrets())
+        return store
+
+    def _masked(self, record: FlowRunResult) -> FlowRunResult:
+        """``record`` with the env values of its run's run config masked."""
+        return record.masked(self._secrets_of_run(record.flow_run_id, record))
+
+    def _secrets_of_run(self, flow_run_id: str, record: FlowRunResult) -> Sequence[str]:
+        """The texts to mask in what is shown of a run: the env values of its run
+        config, longest first. Default: those of the runs this backend created
+        (the most recent thousands); adapters that can read a run's run config
+        back (a server) extend it to other runs.
+        """
+        return self._run_secrets_store().get(flow_run_id) or ()
 
     def _check_target(self, flow: Any, flow_id: Optional[str]) -> None:
         """Check that the run names what this backend runs.
@@ -712,6 +794,21 @@ class Backend(ABC):
     @abstractmethod
     def _cancel(self, flow_run_id: str) -> bool:
         """Stop the run if it is not final; True if it was stopped."""
+
+    def _flow_parameters(self, flow: Any, flow_id: Optional[str]) -> Optional[DeclaredParameters]:
+        """The name and the parameters of the flow a run names, for the
+        parameter rule; None when the backend cannot tell (no check is made).
+
+        Raises:
+            FlowNotFoundError: ``flow_id`` is unknown.
+        """
+        return None
+
+    def _default_parameters(self, flow: Any, flow_id: Optional[str]) -> Collection[str]:
+        """Names of parameters the backend supplies itself when a run leaves them
+        out (a Prefect Server flow group's default parameters). Asked only when a
+        required parameter is missing. Default: none."""
+        return ()
 
     def _get_task_result(self, flow_run_id: str, task_name: Optional[str]) -> FlowRunResult:
         """The record of a run known to be final, for selecting ``task_name``.

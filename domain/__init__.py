@@ -8,6 +8,7 @@ from .errors import (
     EmptyResultError,
     FlowFailedError,
     FlowNotFoundError,
+    FlowParameterError,
     FlowRunCancelledError,
     FlowRunNotFoundError,
     FlowRunTimeoutError,
@@ -16,6 +17,7 @@ from .errors import (
     TaskNotCompletedError,
     TaskNotInFlowError,
 )
+from .parameters import FlowParameter, check_flow_parameters
 from .quantity import QuantityError, is_quantity, parse_quantity
 from .results import (
     FlowRunResult,
@@ -41,6 +43,8 @@ __all__ = [
     "EmptyResultError",
     "FlowFailedError",
     "FlowNotFoundError",
+    "FlowParameter",
+    "FlowParameterError",
     "FlowRunCancelledError",
     "FlowRunNotFoundError",
     "FlowRunResult",
@@ -59,6 +63,7 @@ __all__ = [
     "TaskRun",
     "TaskRunState",
     "as_timedelta",
+    "check_flow_parameters",
     "is_quantity",
     "parse_quantity",
     "parse_run_config",

@@ -9,7 +9,10 @@ TypeError that hid the real problem).
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from .parameters import FlowParameter
 
 
 def _describe(**fields: object) -> str:
@@ -280,6 +283,56 @@ class FlowRunNotFoundError(SchedulingError):
         )
 
 
+class FlowParameterError(SchedulingError, ValueError):
+    """Flow parameters that the flow does not declare, or required ones left out.
+
+    Raised before a flow run is created, on every backend (a `ValueError` too,
+    as Prefect's own ``flow.run`` and the original server path raise).
+
+    Attributes:
+        flow_name: Name of the flow, when known.
+        unknown: Names given that the flow does not declare, sorted.
+        missing: Required parameters that were not given, sorted.
+        parameters: Every parameter the flow declares (name, required, default),
+            sorted by name.
+    """
+
+    def __init__(
+        self,
+        flow_name: Optional[str] = None,
+        unknown: Iterable[str] = (),
+        missing: Iterable[str] = (),
+        parameters: Iterable["FlowParameter"] = (),
+    ) -> None:
+        self.flow_name = flow_name
+        self.unknown: Tuple[str, ...] = tuple(sorted(set(unknown)))
+        self.missing: Tuple[str, ...] = tuple(sorted(set(missing)))
+        self.parameters: Tuple["FlowParameter", ...] = tuple(
+            sorted(parameters, key=lambda parameter: parameter.name)
+        )
+        subject = f"flow {flow_name!r}" if flow_name else "the flow"
+        problems = []
+        if self.unknown:
+            problems.append(f"has no {_plural('parameter', self.unknown)} {_names(self.unknown)}")
+        if self.missing:
+            problems.append(f"needs {_plural('parameter', self.missing)} {_names(self.missing)}")
+        what = " and ".join(problems) or "was given parameters it does not accept"
+        if self.parameters:
+            listed = ", ".join(parameter.describe() for parameter in self.parameters)
+            known = f"; its parameters are: {listed}"
+        else:
+            known = "; it takes no parameters" if problems else ""
+        super().__init__(f"{subject} {what}{known}")
+
+
+def _plural(word: str, items: Sequence[str]) -> str:
+    return word if len(items) == 1 else f"{word}s"
+
+
+def _names(items: Sequence[str]) -> str:
+    return ", ".join(repr(item) for item in items)
+
+
 class BackendUnavailableError(SchedulingError):
     """The backend cannot be reached or does not answer properly.
 
@@ -303,6 +356,7 @@ __all__ = [
     "EmptyResultError",
     "FlowFailedError",
     "FlowNotFoundError",
+    "FlowParameterError",
     "FlowRunCancelledError",
     "FlowRunNotFoundError",
     "FlowRunTimeoutError",

@@ -7,10 +7,11 @@ picked ``add_more``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 from .errors import (
     EmptyResultError,
@@ -20,6 +21,7 @@ from .errors import (
     TaskNotCompletedError,
     TaskNotInFlowError,
 )
+from .secrets import mask_text
 
 
 class FlowRunState(str, Enum):
@@ -157,6 +159,30 @@ class FlowRunResult:
     def select(self, task_name: Optional[str] = None) -> Any:
         """Pick the result the way ``run_and_return`` does; see `select_task_result`."""
         return select_task_result(self, task_name)
+
+    def masked(self, secrets: Sequence[str]) -> "FlowRunResult":
+        """This record with every secret masked in its messages (the run's and
+        each task run's); itself when nothing needs masking.
+
+        Args:
+            secrets: Texts to mask, longest first (see
+                `lume_scheduling.domain.secrets.secret_values`).
+        """
+        if not secrets:
+            return self
+        message = None if self.message is None else mask_text(self.message, secrets)
+        changed = message != self.message
+        task_runs = []
+        for run in self.task_runs:
+            if run.message is not None:
+                text = mask_text(run.message, secrets)
+                if text != run.message:
+                    run = dataclasses.replace(run, message=text)
+                    changed = True
+            task_runs.append(run)
+        if not changed:
+            return self
+        return dataclasses.replace(self, message=message, task_runs=tuple(task_runs))
 
 
 def _checked_value(run: TaskRun, result: FlowRunResult) -> Any:

@@ -16,9 +16,9 @@ from decimal import Decimal
 from typing import Any, ClassVar, Dict, List, Literal, Mapping, Optional, Union
 from urllib.parse import urlparse
 
-import yaml
 from pydantic import BaseModel, Extra, StrictFloat, StrictInt, StrictStr, validator
 
+from .documents import DocumentError, load_yaml, read_document
 from .image import image_reference_problem
 from .quantity import QuantityError, quantity_value
 
@@ -315,7 +315,8 @@ class KubernetesRunConfig(RunConfig):
         image_pull_secrets: Names of image pull secrets; override the agent's and
             the template's when given.
         job_template: An in-memory job template (a mapping, or YAML text read with
-            a safe loader). Excludes ``job_template_path``.
+            a safe loader within the limits of `documents`: size, nesting, alias
+            expansion). Excludes ``job_template_path``.
         job_template_path: Where the job template lives. Without a scheme (or with
             ``file``/``local``) it must be an existing file holding a YAML mapping;
             with ``s3``, ``gcs`` or ``agent`` it is kept as written and read at run
@@ -361,10 +362,11 @@ class KubernetesRunConfig(RunConfig):
     def _check_job_template(cls, value: Any) -> Any:
         if isinstance(value, str):
             try:
-                value = yaml.safe_load(value)
-            # RecursionError: PyYAML recurses once per nesting level ("[[[[...").
-            except (yaml.YAMLError, RecursionError) as err:
-                raise ValueError(f"job_template is not valid YAML: {err}") from None
+                value = load_yaml(value)
+            except DocumentError as err:
+                # One line with the position: the template may hold secrets.
+                what = "is not valid YAML: " if err.syntax else ""
+                raise ValueError(f"job_template {what}{err}") from None
         if value is not None and not isinstance(value, Mapping):
             raise ValueError(
                 f"job_template must be a mapping (a Kubernetes Job), not {type(value).__name__}"
@@ -392,9 +394,11 @@ class KubernetesRunConfig(RunConfig):
         if not os.path.isfile(path):
             raise ValueError(f"job_template_path {value!r} is not an existing file")
         try:
-            with open(path, encoding="utf-8") as template_file:
-                template = yaml.safe_load(template_file)
-        except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
+            template = load_yaml(read_document(path))
+        except DocumentError as err:
+            what = "is not valid YAML: " if err.syntax else ""
+            raise ValueError(f"job_template_path {value!r} {what}{err}") from None
+        except (OSError, UnicodeDecodeError) as err:
             raise ValueError(f"job_template_path {value!r} cannot be read: {err}") from None
         if not isinstance(template, Mapping):
             raise ValueError(f"job_template_path {value!r} does not hold a YAML mapping")

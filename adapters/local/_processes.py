@@ -18,12 +18,12 @@ import sys
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from multiprocessing import connection, forkserver
+from multiprocessing import connection, forkserver, resource_tracker
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from lume_scheduling.domain import BackendUnavailableError, FlowRunState, LocalRunConfig
 
-from . import _worker
+from . import _descendants, _worker
 from ._payload import FlowPayload, FlowPayloads, dumps_parameters
 from ._runs import LocalRun, RunTable
 
@@ -86,10 +86,12 @@ class WorkerHandle:
         )
 
     def kill(self) -> None:
-        """SIGKILL the worker and its own subprocesses (its process group)."""
+        """SIGKILL the worker, every process it started (whatever their session;
+        see `_descendants`) and its process group."""
         pid = self.process.pid
         if pid is None or self.process.exitcode is not None:
             return
+        _descendants.kill_tree(pid)
         try:
             os.killpg(pid, signal.SIGKILL)
             return
@@ -111,6 +113,32 @@ def _death_message(exitcode: Optional[int]) -> str:
             name = f"signal {-exitcode}"
         return f"the worker process running the flow died (killed by {name})"
     return f"the worker process running the flow died (exit code {exitcode})"
+
+
+def _block_sigint_in_this_thread() -> None:
+    """Block SIGINT in the manager thread, which starts the worker processes (and
+    the fork server): they inherit the mask, so a Ctrl-C sent to the caller's
+    process group while they start cannot interrupt them with a traceback (the
+    worker takes SIGINT back once in its own group). Python handles signals in
+    the main thread only, so this thread loses nothing.
+
+    multiprocessing's resource tracker unblocks SIGINT in the thread that
+    starts it (after starting it with the signal blocked), so it is started
+    first; later calls find it running and leave the mask alone."""
+    if hasattr(signal, "pthread_sigmask"):
+        resource_tracker.ensure_running()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def _kill_group_left_by(pid: Optional[int]) -> None:
+    """A worker that died on its own could not clean up: kill what is left of
+    its process group (the processes its runs started there)."""
+    if pid is None:
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, OSError):
+        pass  # nothing left
 
 
 class ProcessRuntime:
@@ -267,6 +295,7 @@ class ProcessRuntime:
                 pass  # the manager has stopped
 
     def _manage(self) -> None:
+        _block_sigint_in_this_thread()
         try:
             while True:
                 with self.runs.lock:
@@ -401,6 +430,8 @@ class ProcessRuntime:
             worker.run = None
             if worker in self._workers:
                 self._workers.remove(worker)
+        # Before it is reaped: until then its pid (the group's id) cannot be reused.
+        _kill_group_left_by(worker.process.pid)
         worker.process.join()
         exitcode = worker.process.exitcode
         worker.conn.close()

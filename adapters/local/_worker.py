@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import sys
 import threading
 import traceback
@@ -32,6 +33,8 @@ import prefect  # noqa: F401  (imported here so that a preloaded worker is warm)
 
 from lume_scheduling.adapters.prefect_flows import execute_flow
 from lume_scheduling.domain import FlowRunResult, FlowRunState
+
+from . import _descendants
 
 RUN = "run"
 READY = "ready"
@@ -130,12 +133,27 @@ class ForwardingHandler(logging.Handler):
 
 def _watch_parent(alive: Connection) -> None:
     """End this process when the parent goes away, even mid-run (a hung flow
-    would otherwise outlive a parent killed with SIGKILL)."""
+    would otherwise outlive a parent killed with SIGKILL), and what the run
+    started with it."""
     try:
         alive.recv_bytes()
     except (EOFError, OSError):
         pass
+    _descendants.kill_descendants(os.getpid())
     os._exit(0)
+
+
+def _own_signals_and_descendants() -> None:
+    """Once in its own process group: adopt orphaned descendants (so none
+    escapes a kill), and take SIGINT again. The backend starts workers with
+    SIGINT blocked, so that a Ctrl-C sent to the caller's process group while a
+    worker (or the fork server) starts cannot interrupt it with a traceback;
+    one that arrived meanwhile is discarded (ignoring a pending signal drops it)."""
+    _descendants.become_subreaper()
+    if hasattr(signal, "pthread_sigmask"):
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, previous)
 
 
 def _configure_logging(channel: _Channel) -> ForwardingHandler:
@@ -254,6 +272,7 @@ class Worker:
             except OSError as err:
                 return self._report(_failed(flow_run_id, flow.name, err, "working_dir cannot be entered"))
             result = execute_flow(flow, parameters, flow_run_id=flow_run_id)
+            _descendants.end_leftovers()  # nothing the run started outlives it
             self._report(result)
         finally:
             self.handler.flow_run_id = None
@@ -303,6 +322,7 @@ def main(conn: Connection, alive: Connection) -> None:
         os.setpgid(0, 0)
     except OSError:
         pass
+    _own_signals_and_descendants()
     threading.Thread(target=_watch_parent, args=(alive,), name="lume-parent-watch", daemon=True).start()
     try:
         Worker(conn).serve()

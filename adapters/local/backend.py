@@ -15,10 +15,11 @@ import os
 from multiprocessing import util as multiprocessing_util
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-from lume_scheduling.adapters.prefect_flows import is_prefect_flow
+from lume_scheduling.adapters.prefect_flows import flow_parameters, is_prefect_flow
 from lume_scheduling.application.ports import (
     Backend,
     BackendCapabilities,
+    DeclaredParameters,
     FlowRunRequest,
     Timeout,
     check_parameters,
@@ -300,6 +301,11 @@ class LocalBackend(Backend):
             self._runs.end(run, FlowRunState.CANCELLED, "the backend was closed")
             raise
         return run.flow_run_id
+
+    def _flow_parameters(self, flow: Any, flow_id: Optional[str]) -> Optional[DeclaredParameters]:
+        if not is_prefect_flow(flow):
+            return None  # _submit says what is wrong with it
+        return flow.name, flow_parameters(flow)
 
     def _get_state(self, flow_run_id: str) -> FlowRunState:
         return self._runs.get(flow_run_id).state

@@ -20,17 +20,18 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, ClassVar, Dict, Iterator, List, Mapping, Optional, Set, Tuple, Type, Union
+from typing import Any, ClassVar, Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Type, Union
 
 import prefect
 from prefect.engine import state as prefect_state
 from prefect.exceptions import AuthorizationError, ClientError
 from prefect.storage import Module
 
-from lume_scheduling.application.ports import Backend, BackendCapabilities, FlowRunRequest, Timeout
+from lume_scheduling.application.ports import Backend, BackendCapabilities, DeclaredParameters, FlowRunRequest, Timeout
 from lume_scheduling.domain import (
     BackendUnavailableError,
     DockerRunConfig,
+    FlowParameter,
     FlowNotFoundError,
     FlowRunNotFoundError,
     FlowRunResult,
@@ -42,9 +43,10 @@ from lume_scheduling.domain import (
     TaskRunState,
 )
 from lume_scheduling.domain.image import image_reference_problem
+from lume_scheduling.domain.secrets import secret_values
 
 from ..prefect_flows import flow_run_state as local_flow_run_state
-from ..prefect_flows import is_prefect_flow, task_run_state
+from ..prefect_flows import flow_parameters, is_prefect_flow, serialized_flow_parameters, task_run_state
 from .client import ServerClient, graphql_message
 from .config import PrefectConfig, PrefectServerConfig, server_config_from
 from .run_configs import describe, to_prefect_run_config
@@ -109,6 +111,8 @@ class _FlowInfo:
     name: str
     project_name: str
     image: Optional[str] = None
+    # What the flow declares (a registered flow never changes); None: unknown.
+    parameters: Optional[Tuple[FlowParameter, ...]] = None
 
 
 class ServerBackend(Backend):
@@ -256,7 +260,7 @@ class ServerBackend(Backend):
                     ) from err
                 raise
         with self._lock:
-            self._flows[flow_id] = _FlowInfo(flow_id, flow.name, project_name, image)
+            self._flows[flow_id] = _FlowInfo(flow_id, flow.name, project_name, image, flow_parameters(flow))
         logger.info(
             "registered flow %r in project %r as %s (%s)", flow.name, project_name, flow_id, describe(run_config)
         )
@@ -298,7 +302,11 @@ class ServerBackend(Backend):
             ) from err
         with self._lock:
             self._flows[found["id"]] = _FlowInfo(
-                found["id"], found["name"], project_name, (found.get("run_config") or {}).get("image")
+                found["id"],
+                found["name"],
+                project_name,
+                (found.get("run_config") or {}).get("image"),
+                serialized_flow_parameters(found.get("serialized_flow")),
             )
         return {"flow_id": found["id"], "flow": loaded}
 
@@ -429,7 +437,8 @@ class ServerBackend(Backend):
                 "[flow run %s] %s",
                 flow_run_id,
                 entry.get("message"),
-                extra={"flow_run_id": flow_run_id},
+                # flow_log: a line of the flow itself, which the CLI's --quiet silences.
+                extra={"flow_run_id": flow_run_id, "flow_log": True},
             )
 
     def _maybe_check_agents(self, flow_run_id: str, labels: List[str], waited: float) -> None:
@@ -554,7 +563,7 @@ class ServerBackend(Backend):
         if known is not None:
             return known
         data = self._query(
-            "query($id: uuid!) { flow_by_pk(id: $id) { id name run_config project { name } } }",
+            "query($id: uuid!) { flow_by_pk(id: $id) { id name run_config serialized_flow project { name } } }",
             {"id": flow_id},
             "run",
             flow_id=flow_id,
@@ -567,10 +576,60 @@ class ServerBackend(Backend):
             found["name"],
             (found.get("project") or {}).get("name", ""),
             (found.get("run_config") or {}).get("image"),
+            serialized_flow_parameters(found.get("serialized_flow")),
         )
         with self._lock:
             self._flows[flow_id] = info
         return info
+
+    def _flow_parameters(self, flow: Any, flow_id: Optional[str]) -> Optional[DeclaredParameters]:
+        """From the flow as registered (read once per flow id): the server itself
+        accepts unknown names silently."""
+        if flow_id is None:
+            return None
+        info = self._flow_info(flow_id)
+        return None if info.parameters is None else (info.name, info.parameters)
+
+    def _default_parameters(self, flow: Any, flow_id: Optional[str]) -> Collection[str]:
+        """The flow group's default parameters, which the server uses for those a
+        run leaves out (read afresh: they can be changed at any time)."""
+        if flow_id is None:
+            return ()
+        data = self._query(
+            "query($id: uuid!) { flow_by_pk(id: $id) { flow_group { default_parameters } } }",
+            {"id": flow_id},
+            "run",
+            flow_id=flow_id,
+        )
+        group = (data.get("flow_by_pk") or {}).get("flow_group") or {}
+        defaults = group.get("default_parameters") if isinstance(group, Mapping) else None
+        return list(defaults) if isinstance(defaults, Mapping) else ()
+
+    def _secrets_of_run(self, flow_run_id: str, record: FlowRunResult) -> Sequence[str]:
+        """Also for runs this backend did not create (e.g. ``result RUN_ID`` in
+        another process) that did not succeed, where an exception's text may
+        quote an env value: the run's run config, env values included, is read
+        back from the server once. A successful run's messages are Prefect's
+        own, so it costs no request."""
+        store = self._run_secrets_store()
+        known = store.get(flow_run_id)
+        if known is not None:
+            return known
+        if record.state is FlowRunState.SUCCESS:
+            return ()
+        data = self._query(
+            "query($id: uuid!) { flow_run_by_pk(id: $id) { run_config } }",
+            {"id": flow_run_id},
+            "get_result",
+            flow_run_id=flow_run_id,
+        )
+        run_config = (data.get("flow_run_by_pk") or {}).get("run_config")
+        env = run_config.get("env") if isinstance(run_config, Mapping) else None
+        # The project name travels in env too; it is no secret.
+        user_env = {k: v for k, v in env.items() if k != PROJECT_ENV} if isinstance(env, Mapping) else None
+        secrets = secret_values(user_env)
+        store.remember(flow_run_id, secrets)
+        return secrets
 
     def _track(self, flow_run_id: str) -> _Tracked:
         with self._lock:

@@ -16,6 +16,7 @@ from prefect.run_configs import DockerRun, KubernetesRun
 from prefect.run_configs import RunConfig as PrefectRunConfig
 
 from lume_scheduling.domain import DockerRunConfig, KubernetesRunConfig, RunConfig
+from lume_scheduling.domain.documents import load_yaml, read_document
 
 JOB_TEMPLATE_RESOURCE = "job_template.yaml"
 
@@ -68,8 +69,8 @@ def to_prefect_run_config(config: RunConfig, env: Optional[Dict[str, str]] = Non
         elif path is not None and ("://" not in path or path.startswith(("file://", "local://"))):
             # Read local templates here, with the safe loader, and send their content.
             local = path.split("://", 1)[1] if "://" in path else path
-            with open(local, encoding="utf-8") as template_file:
-                template = yaml.safe_load(template_file)
+            # Checked when the run config was built; read again within the same limits.
+            template = load_yaml(read_document(local))
             path = None
         return KubernetesRun(
             job_template=None if template is None else dict(template),

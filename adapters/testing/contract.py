@@ -51,6 +51,7 @@ from lume_scheduling.domain import (
     EmptyResultError,
     FlowFailedError,
     FlowNotFoundError,
+    FlowParameterError,
     FlowRunCancelledError,
     FlowRunNotFoundError,
     FlowRunResult,
@@ -505,6 +506,67 @@ class RunErrorContract(BackendFixtures):
             backend.result(flow_run_id)
         assert raised.value.flow_run_id == flow_run_id
         assert raised.value.exception_type == "ValueError"
+
+    def test_env_values_are_masked_in_everything_a_failed_run_reports(
+        self, backend: Backend, target: FlowTargets, run_config_fields: Dict[str, Any]
+    ) -> None:
+        secret = f"token-{uuid.uuid4()}"
+        flow = target(flows.failing_flow)
+        # The task's exception quotes the value (here through a parameter, so
+        # that a backend that does not apply env is checked too).
+        parameters = {"message": f"the token {secret} was refused"}
+        env = {"TOKEN": secret, "SHORT": "on"}
+        with pytest.raises(FlowFailedError) as raised:
+            backend.run_and_return(parameters, env=env, **flow, **run_config_fields)
+        errors = [raised.value]
+        if not backend.capabilities.server:
+            with pytest.raises(FlowFailedError) as again:
+                backend.run(parameters, env=env, **flow, **run_config_fields)
+            errors.append(again.value)
+        for error in errors:
+            for text in (str(error), repr(error), error.exception_message or ""):
+                assert secret not in text, text
+            assert "the token ********** was refused" in str(error)
+        flow_run_id = raised.value.flow_run_id
+        assert flow_run_id is not None
+        with pytest.raises(FlowFailedError) as from_result:
+            backend.result(flow_run_id)
+        assert secret not in str(from_result.value)
+        record = backend.get_result(flow_run_id)
+        messages = [record.message or ""] + [run.message or "" for run in record.task_runs]
+        assert all(secret not in message for message in messages), messages
+        assert any("**********" in message for message in messages)
+
+    @pytest.mark.parametrize("operation", ["run", "run_and_return", "submit"])
+    def test_an_unknown_parameter_is_refused_before_a_run_is_created(
+        self,
+        backend: Backend,
+        target: FlowTargets,
+        submissions: List[FlowRunRequest],
+        operation: str,
+    ) -> None:
+        flow = target(flows.arithmetic_flow)
+        with pytest.raises(FlowParameterError) as raised:
+            getattr(backend, operation)({"x": 1, "nosuch": 2}, **flow)
+        error = raised.value
+        assert isinstance(error, ValueError)
+        assert (error.unknown, error.missing) == (("nosuch",), ())
+        assert [(p.name, p.required, p.default) for p in error.parameters] == [("x", False, 1), ("y", False, 2)]
+        assert str(error) == (
+            "flow 'arithmetic' has no parameter 'nosuch'; its parameters are: x (default 1), y (default 2)"
+        )
+        assert submissions == [], "a run was created with a parameter the flow does not declare"
+
+    def test_a_missing_required_parameter_is_refused_before_a_run_is_created(
+        self, backend: Backend, target: FlowTargets, submissions: List[FlowRunRequest]
+    ) -> None:
+        flow = target(flows.required_flow)
+        with pytest.raises(FlowParameterError) as raised:
+            backend.run_and_return({"scale": 3}, task_name="multiply", **flow)
+        assert (raised.value.unknown, raised.value.missing) == ((), ("x",))
+        assert "needs parameter 'x'; its parameters are: scale (default 1), x (required)" in str(raised.value)
+        assert submissions == [], "a run was created without a required parameter"
+        assert backend.run_and_return({"x": 2, "scale": 3}, task_name="multiply", **flow) == 12
 
     @pytest.mark.parametrize("operation", ["get_state", "wait", "result", "get_result", "cancel"])
     def test_unknown_flow_run_id_raises_flow_run_not_found(

@@ -163,6 +163,10 @@ with _flow("environment") as environment_flow:
 with _flow("mapped") as mapped_flow:
     square.map(Parameter("values", default=[1, 2, 3]))
 
+# a required parameter: x (no default) -> double = 2 * x; scale defaults to 1
+with _flow("required") as required_flow:
+    multiply(double(Parameter("x")), Parameter("scale", default=1))
+
 # task "explode" fails with ValueError("kaboom"), then "tidy_up" runs anyway and
 # returns "tidied"; the flow run succeeds (its only terminal task did)
 with _flow("partly_failing") as partly_failing_flow:
@@ -192,6 +196,7 @@ EXAMPLE_FLOWS: List[Flow] = [
     partly_failing_flow,
     lume_services_flow,
     lume_services_failure_flow,
+    required_flow,
 ]
 
 

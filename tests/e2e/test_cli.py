@@ -234,7 +234,7 @@ class TestConfigFiles:
         assert len(done.error_lines) == 2
         assert all(str(settings) in line for line in done.error_lines)
         assert "local.max_workers: value is not a valid integer" in done.error_lines[0]
-        assert "local.isolated: value could not be parsed to a boolean" in done.error_lines[1]
+        assert "local.isolated: value is not a valid boolean" in done.error_lines[1]
 
     def test_an_unknown_key_is_named(self, lume: Any, write: Write) -> None:
         settings = write("bad.yaml", f"backend: docker\nserver:\n  api_key: {SECRET}\n  api_ulr: http://x/graphql\n")

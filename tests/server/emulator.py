@@ -83,6 +83,7 @@ class Store:
             "agent": {},
         }
         self._task_run_ids: Dict[Tuple[str, str, int], str] = {}
+        self.flow_group_defaults: Dict[str, dict] = {}
 
     def rows(self, table: str) -> List[dict]:
         return list(self.tables[table].values())
@@ -186,7 +187,9 @@ class GraphQLExecutor:
             return self._select(child, rows, args)
         if table == "flow" and name == "flow_group":
             labels = sorted((row.get("run_config") or {}).get("labels") or [])
-            return ("flow_group", {"id": row["flow_group_id"], "labels": labels})
+            # The flow_group table's default_parameters (set_flow_group_default_parameters).
+            defaults = self.store.flow_group_defaults.get(row["flow_group_id"], {})
+            return ("flow_group", {"id": row["flow_group_id"], "labels": labels, "default_parameters": dict(defaults)})
         if table == "task_run" and name == "task":
             return ("task", {"id": row["slug"], "slug": row["slug"], "name": row["name"]})
         if table == "flow_run" and name == "labels":
@@ -372,14 +375,15 @@ class GraphQLExecutor:
         for run in self.store.rows("flow_run"):
             if key is not None and run["idempotency_key"] == key:
                 return ("flow_run", run)
-        parameters = dict(data.get("parameters") or {})
+        # api/runs.py create_flow_run: defaults, then the flow group's defaults, then
+        # the run's own; names the flow does not declare are kept, not refused.
         declared = {p["name"]: p for p in flow["serialized_flow"].get("parameters", [])}
-        missing = sorted(n for n, p in declared.items() if p.get("required") and n not in parameters)
+        parameters = {n: p["default"] for n, p in declared.items() if p.get("default")}
+        parameters.update(self.store.flow_group_defaults.get(flow["flow_group_id"], {}))
+        parameters.update(data.get("parameters") or {})
+        missing = {n for n, p in declared.items() if p.get("required")} - set(parameters)
         if missing:
             raise GraphQLError(f"Required parameters were not supplied: {missing}")
-        extra = sorted(set(parameters) - set(declared))
-        if extra:
-            raise GraphQLError(f"Extra parameters were supplied: {extra}")
         run_config = data.get("run_config") or flow["serialized_flow"].get("run_config") or {}
         labels = data.get("labels") or run_config.get("labels") or []
         run = {

@@ -132,7 +132,7 @@ class TestInvalidSettings:
             ('colour = "blue"\n', "colour", "unknown key"),
             ("[local]\nmax_workers = 0\n", "local.max_workers", "greater than or equal to 1"),
             ('[local]\nmax_workers = "many"\n', "local.max_workers", "not a valid integer"),
-            ('[local]\nisolated = "sometimes"\n', "local.isolated", "could not be parsed to a boolean"),
+            ('[local]\nisolated = "sometimes"\n', "local.isolated", "is not a valid boolean"),
             ("[local]\nthreads = 2\n", "local.threads", "unknown key"),
             ('[server]\napi_url = "localhost:4200"\n', "server.api_url", "http(s) URL"),
             ('[server]\ndefault_image = "Not An Image"\n', "server.default_image", "not a valid image"),

@@ -9,7 +9,7 @@ import pytest
 
 from lume_scheduling.adapters.local import LocalBackend
 from lume_scheduling.adapters.testing import flows
-from lume_scheduling.domain import FlowFailedError, LocalBackendError, LocalRunConfig
+from lume_scheduling.domain import FlowFailedError, FlowParameterError, LocalBackendError, LocalRunConfig
 
 
 class TestRun:
@@ -28,10 +28,13 @@ class TestRun:
         assert backend.get_state(error.flow_run_id).value == "failed"
         assert "ValueError" in str(error) and "it broke" in str(error) and error.flow_run_id in str(error)
 
-    def test_prefect_refusing_the_parameters_is_a_failed_run(self, backend: LocalBackend) -> None:
-        with pytest.raises(FlowFailedError) as caught:
+    def test_parameters_the_flow_does_not_declare_are_a_value_error_before_it_runs(self, backend: LocalBackend) -> None:
+        # As the original's flow.run() raised: a ValueError, and no run.
+        with pytest.raises(ValueError) as caught:
             backend.run({"no_such_parameter": 1}, flow=flows.arithmetic_flow)
-        assert "no_such_parameter" in str(caught.value)
+        assert isinstance(caught.value, FlowParameterError)
+        assert "no parameter 'no_such_parameter'" in str(caught.value)
+        assert backend._runs.unfinished() == [] and not backend._runs._runs
 
 
 class TestRunAndReturn:

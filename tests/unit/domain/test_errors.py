@@ -17,6 +17,8 @@ from lume_scheduling.domain import (
     EmptyResultError,
     FlowFailedError,
     FlowNotFoundError,
+    FlowParameter,
+    FlowParameterError,
     FlowRunCancelledError,
     FlowRunNotFoundError,
     FlowRunTimeoutError,
@@ -66,6 +68,15 @@ FULL: Dict[type, Any] = {
         ["90 s", "cancelled", "run-1", "flow-1"],
     ),
     FlowNotFoundError: (dict(flow_name="f", project_name="p"), ["'f'", "'p'"]),
+    FlowParameterError: (
+        dict(
+            flow_name="f",
+            unknown=("nosuch",),
+            missing=("x",),
+            parameters=(FlowParameter("x", required=True), FlowParameter("y", default=[1, 2])),
+        ),
+        ["flow 'f'", "no parameter 'nosuch'", "needs parameter 'x'", "x (required), y (default [1, 2])"],
+    ),
     FlowRunNotFoundError: (dict(flow_run_id="run-404"), ["run-404"]),
     BackendUnavailableError: (
         dict(backend="http://localhost:4200/graphql", reason="connection refused"),
@@ -158,6 +169,13 @@ ERROR_STRATEGIES = {
         flow_id=_field_values(),
     ),
     FlowNotFoundError: st.builds(FlowNotFoundError, _field_values(), _field_values(), flow_id=_field_values()),
+    FlowParameterError: st.builds(
+        FlowParameterError,
+        _field_values(),
+        st.lists(st.text(max_size=4)),
+        st.lists(st.text(max_size=4)),
+        st.lists(st.builds(FlowParameter, st.text(max_size=4), st.booleans(), st.integers() | st.none())),
+    ),
     FlowRunNotFoundError: st.builds(FlowRunNotFoundError, _field_values()),
     BackendUnavailableError: st.builds(BackendUnavailableError, _field_values(), _field_values()),
     SchedulingError: st.builds(SchedulingError, st.text(max_size=8)),
