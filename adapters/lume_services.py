@@ -38,7 +38,12 @@ from prefect.run_configs import RunConfig as PrefectRunConfig
 from pydantic import BaseModel, Extra, PrivateAttr, root_validator
 
 from lume_scheduling.application.ports import Backend as _Port
-from lume_scheduling.application.ports import BackendCapabilities, FlowRunRequest, foreign_run_config_fields
+from lume_scheduling.application.ports import (
+    BackendCapabilities,
+    DeclaredParameters,
+    FlowRunRequest,
+    foreign_run_config_fields,
+)
 from lume_scheduling.domain import (
     DockerRunConfig as _DockerRunConfig,
 )
@@ -61,6 +66,7 @@ from lume_scheduling.domain import (
 )
 
 from .local import LocalBackend
+from .prefect_flows import flow_parameters, is_prefect_flow
 from .server import (
     DockerBackend,
     KubernetesBackend,
@@ -291,6 +297,13 @@ class LumeServicesBackend(BaseModel, _Port):
         ``{slug: value}`` of every task."""
 
     # -------------------------------------------------- the derived lifecycle
+
+    def _flow_parameters(self, flow: Any, flow_id: Optional[str]) -> Optional[DeclaredParameters]:
+        # Only a flow object says what it declares; with flow_id the subclass's
+        # own run_and_return is the judge.
+        if not is_prefect_flow(flow):
+            return None
+        return flow.name, flow_parameters(flow)
 
     def _submit(self, request: FlowRunRequest) -> str:
         target: Dict[str, Any] = (

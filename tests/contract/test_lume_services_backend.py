@@ -33,6 +33,7 @@ from lume_scheduling.domain import (
     BackendUnavailableError,
     EmptyResultError,
     FlowFailedError,
+    FlowParameterError,
     FlowRunCancelledError,
     FlowRunState,
     LocalBackendError,
@@ -150,6 +151,16 @@ NOT_APPLICABLE: Dict[str, str] = {
     "test_flow_and_flow_id_together_or_neither_are_refused": "its run_and_return() declares flow= only",
     "test_parameters_that_are_not_a_mapping_are_refused": "its run() hands parameters to prefect as they are",
     "test_same_idempotency_key_returns_the_same_flow_id": "lume-services' register_flow has no idempotency_key",
+    "test_an_unknown_parameter_is_refused_before_a_run_is_created": (
+        "its run() and run_and_return() hand parameters to prefect's flow.run, which refuses them "
+        "with its own ValueError (submit is checked by the port: see TestThroughSchedulingService)"
+    ),
+    "test_a_missing_required_parameter_is_refused_before_a_run_is_created": (
+        "its run_and_return() hands parameters to prefect's flow.run, which refuses them with its own ValueError"
+    ),
+    "test_env_values_are_masked_in_everything_a_failed_run_reports": (
+        "its run() and run_and_return() raise their own errors; the port masks only what it hands back"
+    ),
 }
 
 
@@ -280,6 +291,15 @@ class TestThroughSchedulingService:
                 service.submit({}, flow=flows.arithmetic_flow, **bad)
             with pytest.raises(pydantic.ValidationError):
                 service.submit({}, bad, flow=flows.arithmetic_flow)
+        assert backend._records == {}
+
+    def test_submit_checks_parameters_before_running(self, service: SchedulingService) -> None:
+        backend = service.backend
+        assert isinstance(backend, InProcessBackend)
+        with pytest.raises(FlowParameterError, match="has no parameter 'nosuch'"):
+            service.submit({"x": 1, "nosuch": 2}, flow=flows.arithmetic_flow)
+        with pytest.raises(FlowParameterError, match="needs parameter 'x'"):
+            service.submit({"scale": 3}, flow=flows.required_flow)
         assert backend._records == {}
 
     def test_submit_hands_its_run_config_to_run_and_return(self, tmp_path: Any) -> None:
