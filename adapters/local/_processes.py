@@ -24,7 +24,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 from lume_scheduling.domain import BackendUnavailableError, FlowRunState, LocalRunConfig
 
 from . import _worker
-from ._payload import FlowPayload, FlowPayloads, dumps_parameters
+from ._payload import FlowPayload, dumps_parameters, flow_payload
 from ._runs import LocalRun, RunTable
 
 WORKER_MODULE = _worker.__name__
@@ -55,25 +55,32 @@ class WorkerHandle:
     run: Optional[LocalRun] = None
     dead: bool = False
     ready: bool = False
-    cache: "OrderedDict[int, None]" = field(default_factory=OrderedDict)
+    # Told us it takes no further run (max_runs_per_worker, or a state it could not put back).
+    retiring: bool = False
+    cache: "OrderedDict[bytes, None]" = field(default_factory=OrderedDict)
 
-    def message_for(self, run: LocalRun, job: Job) -> bytes:
+    @property
+    def idle(self) -> bool:
+        """Alive, not retiring, and running nothing."""
+        return self.run is None and not self.dead and not self.retiring
+
+    def message_for(self, run: LocalRun, job: Job) -> Tuple[bytes, bool]:
         """The run request, with the flow's bytes only if this worker lacks them
-        (mirrors the worker's LRU cache step by step)."""
-        token = job.payload.token
-        if token in self.cache:
+        (mirrors the worker's LRU cache step by step), and whether they are in it."""
+        digest = job.payload.digest
+        if digest in self.cache:
             flow_bytes = None
         else:
             flow_bytes = job.payload.data
-            self.cache[token] = None
+            self.cache[digest] = None
             while len(self.cache) > _worker.FLOW_CACHE_SIZE:
                 self.cache.popitem(last=False)
-        self.cache.move_to_end(token)
+        self.cache.move_to_end(digest)
         return pickle.dumps(
             (
                 _worker.RUN,
                 run.flow_run_id,
-                token,
+                digest,
                 flow_bytes,
                 job.parameters,
                 job.environ,
@@ -83,7 +90,7 @@ class WorkerHandle:
                 job.secrets,
             ),
             protocol=pickle.HIGHEST_PROTOCOL,
-        )
+        ), flow_bytes is not None
 
     def kill(self) -> None:
         """SIGKILL the worker and its own subprocesses (its process group)."""
@@ -118,19 +125,28 @@ class ProcessRuntime:
 
     Args:
         runs: The backend's run table.
-        max_workers: Most worker processes alive at once.
+        max_workers: Most runs executing at once (a worker that has retired may
+            still be exiting while its replacement starts).
         start_method: ``"forkserver"`` or ``"spawn"``.
         logger: Where the workers' log records are re-emitted.
+        max_runs_per_worker: Runs a worker serves before it exits; None: no limit.
     """
 
-    def __init__(self, runs: RunTable, max_workers: int, start_method: str, logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        runs: RunTable,
+        max_workers: int,
+        start_method: str,
+        logger: logging.Logger,
+        max_runs_per_worker: Optional[int] = None,
+    ) -> None:
         import multiprocessing
 
         self.runs = runs
         self.max_workers = max_workers
         self.start_method = start_method
         self.logger = logger
-        self.payloads = FlowPayloads()
+        self.max_runs_per_worker = max_runs_per_worker
         self._ctx = multiprocessing.get_context(start_method)
         self._pending: Deque[LocalRun] = deque()
         self._workers: List[WorkerHandle] = []
@@ -142,6 +158,8 @@ class ProcessRuntime:
         self._alive_r: Any = None
         self._alive_w: Any = None
         self.workers_started = 0
+        self.flows_sent = 0
+        self._fast_path_warned = False
         self._environ_cache: Optional[Tuple[Dict[bytes, bytes], Dict[str, str]]] = None
 
     # ---------------------------------------------------------------- callers
@@ -155,7 +173,7 @@ class ProcessRuntime:
         """
         cwd = os.getcwd()
         sys_path = [cwd if entry == "" else entry for entry in sys.path]
-        payload = self.payloads.get(flow, sys_path)
+        payload = flow_payload(flow, sys_path)
         environ = self._environ()
         if config.env:
             environ = dict(environ)
@@ -199,7 +217,7 @@ class ProcessRuntime:
             if self._thread is None:
                 self._open()
             self._pending.append(run)
-            if len(self._pending) == 1 and any(w.run is None and not w.dead for w in self._workers):
+            if len(self._pending) == 1 and any(worker.idle for worker in self._workers):
                 # An idle worker: hand it the run from this thread, saving the
                 # hop through the manager thread (it still reads the result).
                 assignments, _ = self._assign_locked()
@@ -293,7 +311,7 @@ class ProcessRuntime:
         for worker in self._workers:
             if not self._pending:
                 break
-            if worker.dead or worker.run is not None:
+            if not worker.idle:
                 continue
             run = self._pending.popleft()
             job = run.job
@@ -302,13 +320,16 @@ class ProcessRuntime:
             run.job = None
             worker.run = run
             assignments.append((worker, run, job))
-        live = sum(1 for worker in self._workers if not worker.dead)
+        live = sum(1 for worker in self._workers if not worker.dead and not worker.retiring)
         starts = min(len(self._pending), self.max_workers - live)
         return assignments, max(starts, 0)
 
     def _send(self, worker: WorkerHandle, run: LocalRun, job: Job) -> None:
+        message, with_flow = worker.message_for(run, job)
+        if with_flow:
+            self.flows_sent += 1
         try:
-            worker.conn.send_bytes(worker.message_for(run, job))
+            worker.conn.send_bytes(message)
         except (OSError, EOFError, ValueError):
             pass  # the worker died (or was killed by cancel); its sentinel tells
 
@@ -317,7 +338,7 @@ class ProcessRuntime:
             parent_conn, child_conn = self._ctx.Pipe(duplex=True)
             process = self._ctx.Process(
                 target=_worker.main,
-                args=(child_conn, self._alive_r),
+                args=(child_conn, self._alive_r, self.max_runs_per_worker),
                 name=f"lume-local-worker-{self.workers_started + 1}",
                 daemon=False,  # tasks may start their own processes
             )
@@ -377,15 +398,27 @@ class ProcessRuntime:
         if kind == _worker.LOG:
             self._emit(message[1], message[2])
         elif kind == _worker.DONE:
-            _, flow_run_id, result = message
+            _, flow_run_id, result, retiring = message
             with self.runs.lock:
                 run = worker.run
                 if run is not None and run.flow_run_id == flow_run_id:
                     worker.run = None
+                if retiring is not None:
+                    worker.retiring = True  # it exits now; its sentinel follows
+            if retiring is not None:
+                self.logger.debug("a worker process retires: %s", retiring)
             if run is not None and run.flow_run_id == flow_run_id:
                 self.runs.finish(run, result)
         elif kind == _worker.READY:
             worker.ready = True
+            reason = message[2]
+            if reason is not None and not self._fast_path_warned:
+                self._fast_path_warned = True
+                self.logger.warning(
+                    "the fast path for Prefect's context is off in worker processes: %s; "
+                    "flows run as fast as a plain flow.run()",
+                    reason,
+                )
 
     def _emit(self, flow_run_id: Optional[str], fields: Dict[str, Any]) -> None:
         record = logging.makeLogRecord(fields)

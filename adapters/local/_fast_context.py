@@ -1,0 +1,235 @@
+"""Prefect's context entry without re-merging a config that is already in force.
+
+Used in the local backend's worker processes only: never in the caller's
+process, never for ``LocalBackend(isolated=False)``. `install` is called once by
+a worker at start-up, in its main thread.
+
+Why: prefect 1.4.1's ``Context.__call__`` (``prefect/utilities/context.py``)
+deep-merges the config passed to it with the config in force on every entry
+(``merge_dicts``, which copies each mapping of the config with
+``Config.copy``). A 1-task ``flow.run()`` enters the context 14 times, 7 of them
+with the config it is already running under, and those copies are about 95 % of
+its time.
+
+What the fast path changes, in the worker's main thread only: when the config
+given *is* (identity, not equality) the config in force, and that config is the
+worker's base config (``prefect.context.config`` as it was at start-up) with
+every mapping in it holding exactly what it held at start-up (keys and values
+compared by identity), the entry keeps that config object instead of a fresh
+copy of it. Prefect's copy is equal to it, item for item, down to the same leaf
+objects: only the identity of the mapping objects differs (inside such an
+entry, ``prefect.context.config`` is the same object as outside it).
+
+What it keeps: every other entry (a different config, an equal but distinct
+one, a partial override such as ``prefect.context(config={...})``, a base
+config that has been changed, any thread but the main one) runs Prefect's own
+code path, ``merge_dicts`` included. A change made to the config inside a fast
+entry (``prefect.context.config.x = ...`` in a task) would, in Prefect, have
+gone to the entry's private copy and vanished at its exit; here it is undone
+in place at that exit, so code after it sees what Prefect would show. Leaf
+values (a list in the config) are shared by Prefect's copies too and are not
+guarded, as in Prefect.
+
+Written against prefect 1.4.1 exactly: `install` compares digests of the
+source of ``Context.__call__``, ``merge_dicts`` and ``Config.copy`` with the ones
+below, and leaves the fast path off (saying why) if any differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import textwrap
+import threading
+from dataclasses import dataclass
+from itertools import chain
+from operator import is_
+from typing import Any, Callable, Iterator, List, MutableMapping, Optional, Tuple
+
+from prefect.configuration import Config
+from prefect.utilities import context as prefect_context
+from prefect.utilities.collections import merge_dicts
+
+PREFECT_VERSION = "1.4.1"
+
+# sha256 of the dedented source of each function in prefect 1.4.1.
+EXPECTED_SOURCES = {
+    "prefect.utilities.context.Context.__call__": "11a67dfd41a76712b09242c4f0626a28ef6731e3cd12e4174e660a0d21311d6f",
+    "prefect.utilities.collections.merge_dicts": "fba93e78683c03822317a8974d0fcb5737d4ff66fb8ab63bf7d521097c4525e3",
+    "prefect.configuration.Config.copy": "956a627e5864bce980c16d87b881751632c1a15393526e1abd257cffacfc0de4",
+}
+
+
+def _prefect_functions() -> List[Tuple[str, Any]]:
+    call = prefect_context.Context.__call__
+    return [
+        ("prefect.utilities.context.Context.__call__", getattr(call, "__wrapped__", call)),
+        ("prefect.utilities.collections.merge_dicts", merge_dicts),
+        ("prefect.configuration.Config.copy", Config.copy),
+    ]
+
+
+def source_digest(function: Any) -> str:
+    """sha256 of a function's dedented source.
+
+    Raises:
+        OSError, TypeError: Its source cannot be read.
+    """
+    return hashlib.sha256(textwrap.dedent(inspect.getsource(function)).encode()).hexdigest()
+
+
+def mismatch() -> Optional[str]:
+    """Why prefect's functions are not the ones the fast path was written
+    against, or None when they all are."""
+    for name, function in _prefect_functions():
+        try:
+            digest = source_digest(function)
+        except (OSError, TypeError) as err:
+            return f"the source of {name} cannot be read ({err})"
+        if digest != EXPECTED_SOURCES[name]:
+            return f"{name} is not the one of prefect {PREFECT_VERSION} it was written against"
+    return None
+
+
+class ConfigSnapshot:
+    """Every mapping of a config tree and what it held, to tell (by identity)
+    whether anything in it was set, replaced or deleted since, and to undo that.
+
+    `intact` runs on every fast context entry and exit, so it is a few passes
+    of C-level iteration over all mappings at once, not Python code per mapping.
+
+    Args:
+        root: The config (a ``Config``, or any tree of dicts).
+
+    Raises:
+        TypeError: The tree holds a mapping that is not a dict (the snapshot
+            could not read or restore it the way Prefect copies it).
+    """
+
+    def __init__(self, root: dict) -> None:
+        self.root = root
+        nodes: List[dict] = []
+        self._collect(root, nodes, set())
+        self._nodes = tuple(nodes)
+        self._items = tuple((tuple(dict.keys(node)), tuple(dict.values(node))) for node in nodes)
+        self._lengths = tuple(map(len, nodes))
+        self._keys = tuple(chain.from_iterable(keys for keys, _ in self._items))
+        self._values = tuple(chain.from_iterable(values for _, values in self._items))
+        # Live views of each mapping: reading them costs no call per mapping.
+        self._key_views = tuple(dict.keys(node) for node in nodes)
+        self._value_views = tuple(dict.values(node) for node in nodes)
+
+    def _collect(self, node: dict, nodes: List[dict], seen: set) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        nodes.append(node)
+        for value in dict.values(node):
+            if isinstance(value, dict):
+                self._collect(value, nodes, seen)
+            elif isinstance(value, MutableMapping):
+                raise TypeError(f"the config holds a {type(value).__name__}, not a dict")
+
+    def intact(self) -> bool:
+        """Whether every mapping holds what it held when the snapshot was taken."""
+        # Values by identity (an equal copy put in place of a mapping would go
+        # unguarded); keys by equality, as a dict itself compares them.
+        return (
+            tuple(map(len, self._value_views)) == self._lengths
+            and all(map(is_, chain.from_iterable(self._value_views), self._values))
+            and tuple(chain.from_iterable(self._key_views)) == self._keys
+        )
+
+    def restore(self) -> None:
+        """Put every mapping back as it was (in place: the objects stay the same)."""
+        for node, (keys, values) in zip(self._nodes, self._items):
+            if len(node) != len(keys) or not all(map(is_, dict.values(node), values)) or tuple(dict.keys(node)) != keys:
+                dict.clear(node)
+                dict.update(node, zip(keys, values))
+
+
+@dataclass
+class FastPath:
+    """The fast path of one worker process.
+
+    Attributes:
+        active: Whether ``Context.__call__`` is the fast one in this process.
+        reason: Why it is off, when it is.
+        guard: The base config and its snapshot (None when off).
+        thread_id: The one thread it applies to (the worker's main thread).
+    """
+
+    active: bool
+    reason: Optional[str] = None
+    guard: Optional[ConfigSnapshot] = None
+    thread_id: Optional[int] = None
+
+
+def fast_call(guard: ConfigSnapshot, thread_id: int) -> Callable[..., Any]:
+    """A ``Context.__call__`` that skips the merge as the module docstring says.
+
+    Everything but the guarded branch is prefect 1.4.1's own code.
+    """
+    base = guard.root
+    get_ident = threading.get_ident
+
+    @contextlib.contextmanager
+    def __call__(self: Any, *args: MutableMapping, **kwargs: Any) -> Iterator[Any]:
+        previous_context = self.__dict__.copy()
+        guarded = False
+        try:
+            new_context = dict(*args, **kwargs)
+            if "config" in new_context:
+                given = new_context["config"]
+                if given is base and self.get("config") is base and get_ident() == thread_id and guard.intact():
+                    guarded = True  # Prefect's merge would return an equal copy of it
+                else:
+                    new_context["config"] = merge_dicts(self.get("config", {}), new_context["config"])
+            self.update(new_context)  # type: ignore
+            yield self
+        finally:
+            self.clear()
+            self.update(previous_context)
+            if guarded and not guard.intact():
+                # Changed inside: in Prefect that change went to a copy that is gone now.
+                guard.restore()
+
+    return __call__
+
+
+_INSTALLED: List[FastPath] = []  # this process's fast path, once installed (worker processes only)
+
+
+def install() -> FastPath:
+    """Turn the fast path on in this process, unless prefect's functions differ
+    from the ones it was written against. Idempotent.
+
+    Call it in a worker process's main thread, before any flow runs there, and
+    never in a caller's process.
+
+    Returns:
+        Whether it is on, and if not, why.
+    """
+    if _INSTALLED:
+        return _INSTALLED[0]
+    reason = mismatch()
+    if reason is None and threading.current_thread() is not threading.main_thread():
+        reason = "it is installed from a thread other than the main thread"
+    path = FastPath(active=False, reason=reason)
+    if reason is None:
+        try:
+            guard = ConfigSnapshot(prefect_context.context.config)
+        except TypeError as err:
+            path = FastPath(active=False, reason=str(err))
+        else:
+            thread_id = threading.get_ident()
+            prefect_context.Context.__call__ = fast_call(guard, thread_id)  # type: ignore[method-assign]
+            path = FastPath(active=True, guard=guard, thread_id=thread_id)
+    _INSTALLED.append(path)
+    return path
+
+
+def is_active() -> bool:
+    """Whether the fast path is on in this process."""
+    return bool(_INSTALLED) and _INSTALLED[0].active
