@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterator, List, MutableMapping, Optional, Tupl
 
 from prefect.configuration import Config
 from prefect.utilities import context as prefect_context
-from prefect.utilities.collections import merge_dicts
+from prefect.utilities.collections import DotDict, merge_dicts
 
 PREFECT_VERSION = "1.4.1"
 
@@ -58,7 +58,23 @@ EXPECTED_SOURCES = {
     "prefect.utilities.context.Context.__call__": "11a67dfd41a76712b09242c4f0626a28ef6731e3cd12e4174e660a0d21311d6f",
     "prefect.utilities.collections.merge_dicts": "fba93e78683c03822317a8974d0fcb5737d4ff66fb8ab63bf7d521097c4525e3",
     "prefect.configuration.Config.copy": "956a627e5864bce980c16d87b881751632c1a15393526e1abd257cffacfc0de4",
+    "prefect.utilities.collections.DotDict.__getitem__": "174068b1e908c40c9ce56c1c8a0667c59a8ba89bae688e9ed5702c93b215418f",
+    "prefect.utilities.collections.DotDict.__setitem__": "66ad71b40ac66716bcc0988352a295b72ebf0bd625d11fb9bb6a0192776eaaa3",
+    "prefect.utilities.collections.DotDict.__delitem__": "85de4e09d7e48031413c681214e0028cf3d6948af09f2fe3e970c579cabd3988",
+    "prefect.utilities.collections.DotDict.__iter__": "36e17cf6301f95ec39cfdac6404b04e226f1e941b6682ca42b13414fdddc69aa",
 }
+
+# Methods the context must inherit unchanged for its own dict to be cleared and
+# refilled directly (what they do one key at a time).
+_MAPPING_METHODS = (
+    ("clear", MutableMapping.clear),
+    ("update", MutableMapping.update),
+    ("popitem", MutableMapping.popitem),
+    ("__getitem__", DotDict.__getitem__),
+    ("__setitem__", DotDict.__setitem__),
+    ("__delitem__", DotDict.__delitem__),
+    ("__iter__", DotDict.__iter__),
+)
 
 
 def _prefect_functions() -> List[Tuple[str, Any]]:
@@ -67,6 +83,10 @@ def _prefect_functions() -> List[Tuple[str, Any]]:
         ("prefect.utilities.context.Context.__call__", getattr(call, "__wrapped__", call)),
         ("prefect.utilities.collections.merge_dicts", merge_dicts),
         ("prefect.configuration.Config.copy", Config.copy),
+        ("prefect.utilities.collections.DotDict.__getitem__", DotDict.__getitem__),
+        ("prefect.utilities.collections.DotDict.__setitem__", DotDict.__setitem__),
+        ("prefect.utilities.collections.DotDict.__delitem__", DotDict.__delitem__),
+        ("prefect.utilities.collections.DotDict.__iter__", DotDict.__iter__),
     ]
 
 
@@ -89,6 +109,9 @@ def mismatch() -> Optional[str]:
             return f"the source of {name} cannot be read ({err})"
         if digest != EXPECTED_SOURCES[name]:
             return f"{name} is not the one of prefect {PREFECT_VERSION} it was written against"
+    for name, method in _MAPPING_METHODS:
+        if getattr(prefect_context.Context, name, None) is not method:
+            return f"prefect.utilities.context.Context.{name} is not the one it inherits in prefect {PREFECT_VERSION}"
     return None
 
 
@@ -166,31 +189,56 @@ class FastPath:
     thread_id: Optional[int] = None
 
 
-def fast_call(guard: ConfigSnapshot, thread_id: int) -> Callable[..., Any]:
+# Context keys that would shadow the methods Prefect's code calls on exit.
+_SHADOWING = frozenset({"clear", "update", "popitem"})
+
+
+def fast_call(guard: ConfigSnapshot, thread_id: int, context_class: Optional[type] = None) -> Callable[..., Any]:
     """A ``Context.__call__`` that skips the merge as the module docstring says.
 
-    Everything but the guarded branch is prefect 1.4.1's own code.
+    Args:
+        guard: The base config (``guard.root``) and its snapshot.
+        thread_id: The one thread whose entries may skip the merge.
+        context_class: The class whose instances have their dict handled
+            directly; default prefect's `Context`.
+
+    Everything but the guarded branch is prefect 1.4.1's own code, except that
+    a `Context` (not a subclass) has its own dict cleared and refilled directly
+    (``clear`` and ``update`` do exactly that, one key at a time, through
+    ``popitem``, ``__delitem__`` and ``__setitem__``), unless a context key
+    shadows one of those methods (then Prefect's calls run, as they would).
     """
     base = guard.root
     get_ident = threading.get_ident
+    context_class = context_class or prefect_context.Context
 
     @contextlib.contextmanager
     def __call__(self: Any, *args: MutableMapping, **kwargs: Any) -> Iterator[Any]:
         previous_context = self.__dict__.copy()
         guarded = False
+        direct = type(self) is context_class and _SHADOWING.isdisjoint(previous_context)
         try:
             new_context = dict(*args, **kwargs)
+            direct = direct and _SHADOWING.isdisjoint(new_context)
             if "config" in new_context:
                 given = new_context["config"]
                 if given is base and self.get("config") is base and get_ident() == thread_id and guard.intact():
                     guarded = True  # Prefect's merge would return an equal copy of it
                 else:
                     new_context["config"] = merge_dicts(self.get("config", {}), new_context["config"])
-            self.update(new_context)  # type: ignore
+            if direct:
+                self.__dict__.update(new_context)
+            else:
+                self.update(new_context)  # type: ignore
             yield self
         finally:
-            self.clear()
-            self.update(previous_context)
+            if direct:
+                items = self.__dict__
+                items.clear()
+                items.update(previous_context)
+            else:
+                self.clear()
+                self.update(previous_context)
             if guarded and not guard.intact():
                 # Changed inside: in Prefect that change went to a copy that is gone now.
                 guard.restore()

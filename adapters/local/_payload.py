@@ -13,6 +13,7 @@ by value, and their code keeps its file name (cloudpickle alone writes
 
 from __future__ import annotations
 
+import copyreg
 import hashlib
 import importlib.machinery
 import io
@@ -21,7 +22,6 @@ import pickle
 import sys
 import threading
 import types
-from collections import ChainMap
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Set, Tuple
 
@@ -61,9 +61,23 @@ def _code_reduce(code: types.CodeType) -> Tuple[Any, Tuple[Any, ...]]:
 
 
 class _Pickler(cloudpickle.Pickler):
-    """cloudpickle's pickler, keeping the file name of code pickled by value."""
+    """cloudpickle's pickler, keeping the file name of code pickled by value.
 
-    dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
+    Its dispatch table is a plain dict: the pickler looks every object's type
+    up in it, and cloudpickle's ChainMap answers each lookup in Python.
+    """
+
+    dispatch_table: Dict[Any, Any] = {}
+    _copyreg_size = -1
+
+
+def _refresh_dispatch_table() -> None:
+    """Rebuild the flat table when copyreg gained registrations."""
+    if _Pickler._copyreg_size != len(copyreg.dispatch_table):
+        table = dict(cloudpickle.Pickler.dispatch_table)
+        table[types.CodeType] = _code_reduce
+        _Pickler.dispatch_table = table
+        _Pickler._copyreg_size = len(copyreg.dispatch_table)
 
 
 def dumps(obj: Any) -> bytes:
@@ -72,6 +86,7 @@ def dumps(obj: Any) -> bytes:
     Raises:
         Whatever pickling ``obj`` raises (TypeError, PicklingError, ...).
     """
+    _refresh_dispatch_table()
     buffer = io.BytesIO()
     _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
     return buffer.getvalue()
