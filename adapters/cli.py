@@ -509,10 +509,26 @@ def _submit_flow_run(
     _check_target_arguments(flow_spec, flow_id, project)
     parameters = parse_parameters(params)
     run_config = read_run_config(run_config_file) if run_config_file else None
+    if flow_spec is not None:
+        _start_local_workers_early(state)
     flow = load_flow(flow_spec) if flow_spec is not None else None
     service = state.service()
     target = _run_target(state, service, flow, flow_id, project)
     return service, service.submit(parameters, run_config, **target)
+
+
+def _start_local_workers_early(state: CliState) -> None:
+    """On an isolated local backend, start the fork server its workers come
+    from now: it imports prefect while this process loads FLOW (which imports
+    prefect too), instead of after. Settings errors are left for later."""
+    try:
+        settings = state.settings()
+    except SettingsError:
+        return
+    if settings.backend == "local" and settings.local.isolated:
+        from .local import start_fork_server
+
+        start_fork_server()
 
 
 @cli.command()

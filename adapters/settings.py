@@ -162,6 +162,10 @@ def server_config_problems(server: ServerSettings) -> List[Tuple[str, str]]:
 
     Empty when everything is accepted, or when the server backends are not installed.
     """
+    if not server.backend_options():
+        # Nothing given: the model's defaults hold, and the server backends
+        # (which import prefect) need not be imported to say so.
+        return []
     try:
         from lume_scheduling.adapters.server import PrefectServerConfig
     except ImportError:

@@ -18,16 +18,16 @@ import sys
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from multiprocessing import connection, forkserver
+from multiprocessing import connection
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from lume_scheduling.domain import BackendUnavailableError, FlowRunState, LocalRunConfig
 
 from . import _worker
+from ._fork_server import add_worker_preload
 from ._payload import FlowPayload, dumps_parameters, flow_payload
 from ._runs import LocalRun, RunTable
 
-WORKER_MODULE = _worker.__name__
 START_METHODS = ("forkserver", "spawn")
 _JOIN_SECONDS = 2.0
 
@@ -268,9 +268,7 @@ class ProcessRuntime:
         if self.start_method == "forkserver":
             # The fork server imports the worker module (and so prefect) once;
             # each worker forked from it starts warm. Keep preloads others set.
-            preload = list(getattr(forkserver._forkserver, "_preload_modules", None) or [])
-            if WORKER_MODULE not in preload:
-                self._ctx.set_forkserver_preload(preload + [WORKER_MODULE])
+            add_worker_preload(self._ctx)
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         self._alive_r, self._alive_w = self._ctx.Pipe(duplex=False)
         self._thread = threading.Thread(target=self._manage, name="lume-local-manager", daemon=True)
