@@ -53,6 +53,21 @@ with Flow("greeting") as flow:
 '''
 
 
+DIVIDING_FLOW = '''
+"""A flow whose task fails when x is 0."""
+from prefect import Flow, Parameter, task
+
+
+@task(name="divide")
+def divide(x):
+    return 1 / x
+
+
+with Flow("dividing") as flow:
+    divide(Parameter("x"))
+'''
+
+
 def hostile_yaml(marker: Path) -> str:
     return f'!!python/object/apply:os.system ["touch {marker}"]'
 
@@ -108,6 +123,16 @@ class TestFlowRunErrors:
         assert done.out == ""
         (line,) = done.error_lines
         assert "flow 'failing' run failed" in line and "ValueError" in line and "boom" in line
+
+    def test_a_failed_tasks_traceback_names_the_flow_file_and_line(self, lume: Any, write: Write) -> None:
+        path = write("dividing_flow.py", DIVIDING_FLOW)
+        done = lume("run", str(path), "-p", "x=0")
+        assert done.code == FLOW_FAILED, done.err
+        # The task ran in a worker process, its code sent by value; the traceback
+        # Prefect logs there still points at the user's file.
+        assert f'File "{path.resolve()}", line 8, in divide' in done.err, done.err
+        assert "return 1 / x" in done.err
+        assert "<dynamic-code>" not in done.err
 
     def test_a_hanging_flow_times_out_exits_4_and_is_cancelled(self, lume: Any) -> None:
         started = time.monotonic()
