@@ -99,6 +99,9 @@ class CliState:
     backend: Optional[str] = None
     debug: bool = False
     quiet: bool = False
+    # `run` makes one run and exits: its first local worker is a fork of this
+    # process, which has imported prefect already (unless the settings say no).
+    fork_first_worker: bool = False
     _settings: Optional[Settings] = None
     _container: Any = None
 
@@ -114,11 +117,23 @@ class CliState:
         if self._container is None:
             from .container import create_container
 
-            container = create_container(self.settings())
+            container = create_container(self._backend_settings())
             self._container = container
             click.get_current_context().find_root().call_on_close(container.shutdown_resources)
         service: SchedulingService = self._container.service()
         return service
+
+    def _backend_settings(self) -> Settings:
+        settings = self.settings()
+        local = settings.local
+        if (
+            self.fork_first_worker
+            and settings.backend == "local"
+            and local.isolated
+            and "fork_first_worker" not in local.__fields_set__
+        ):
+            settings = settings.copy(update={"local": local.copy(update={"fork_first_worker": True})})
+        return settings
 
     def progress(self, message: str) -> None:
         """A progress line on stderr, unless --quiet."""
@@ -509,26 +524,10 @@ def _submit_flow_run(
     _check_target_arguments(flow_spec, flow_id, project)
     parameters = parse_parameters(params)
     run_config = read_run_config(run_config_file) if run_config_file else None
-    if flow_spec is not None:
-        _start_local_workers_early(state)
     flow = load_flow(flow_spec) if flow_spec is not None else None
     service = state.service()
     target = _run_target(state, service, flow, flow_id, project)
     return service, service.submit(parameters, run_config, **target)
-
-
-def _start_local_workers_early(state: CliState) -> None:
-    """On an isolated local backend, start the fork server its workers come
-    from now: it imports prefect while this process loads FLOW (which imports
-    prefect too), instead of after. Settings errors are left for later."""
-    try:
-        settings = state.settings()
-    except SettingsError:
-        return
-    if settings.backend == "local" and settings.local.isolated:
-        from .local import start_fork_server
-
-        start_fork_server()
 
 
 @cli.command()
@@ -555,6 +554,7 @@ def run(
     FLOW first.
     """
     _use_backend(state, backend)
+    state.fork_first_worker = True
     service, flow_run_id = _submit_flow_run(state, flow_spec, params, run_config_file, flow_id, project)
     state.progress(f"flow run {flow_run_id} submitted to the {state.settings().backend} backend")
     _wait_with_progress(state, service, flow_run_id, timeout)

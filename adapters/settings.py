@@ -81,10 +81,17 @@ class LocalSettings(_Section):
             backend choose.
         isolated: Run each flow in a worker process (a crash or hang cannot take
             the caller down); False runs flows in this process.
+        max_runs_per_worker: Runs a worker process serves before a fresh one
+            replaces it; None keeps workers for the backend's life.
+        fork_first_worker: Fork the first worker from the calling process
+            itself when it has no other thread (the command line's ``run``
+            does: its one run then skips the fork server's import of prefect).
     """
 
     max_workers: Optional[conint(ge=1)] = None  # type: ignore[valid-type]
     isolated: bool = True
+    max_runs_per_worker: Optional[conint(ge=1)] = None  # type: ignore[valid-type]
+    fork_first_worker: bool = False
 
 
 class ServerSettings(_Section):

@@ -11,6 +11,7 @@ worker's process group; a replacement is started when there is work.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import pickle
 import signal
@@ -18,16 +19,16 @@ import sys
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from multiprocessing import connection
+from multiprocessing import connection, forkserver
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from lume_scheduling.domain import BackendUnavailableError, FlowRunState, LocalRunConfig
 
 from . import _worker
-from ._fork_server import add_worker_preload
 from ._payload import FlowPayload, dumps_parameters, flow_payload
 from ._runs import LocalRun, RunTable
 
+WORKER_MODULE = _worker.__name__
 START_METHODS = ("forkserver", "spawn")
 _JOIN_SECONDS = 2.0
 
@@ -130,6 +131,8 @@ class ProcessRuntime:
         start_method: ``"forkserver"`` or ``"spawn"``.
         logger: Where the workers' log records are re-emitted.
         max_runs_per_worker: Runs a worker serves before it exits; None: no limit.
+        fork_first_worker: Fork the first worker from this process when it has
+            no other thread at the first submit (see `LocalBackend`).
     """
 
     def __init__(
@@ -139,14 +142,14 @@ class ProcessRuntime:
         start_method: str,
         logger: logging.Logger,
         max_runs_per_worker: Optional[int] = None,
+        fork_first_worker: bool = False,
     ) -> None:
-        import multiprocessing
-
         self.runs = runs
         self.max_workers = max_workers
         self.start_method = start_method
         self.logger = logger
         self.max_runs_per_worker = max_runs_per_worker
+        self.fork_first_worker = fork_first_worker
         self._ctx = multiprocessing.get_context(start_method)
         self._pending: Deque[LocalRun] = deque()
         self._workers: List[WorkerHandle] = []
@@ -268,9 +271,20 @@ class ProcessRuntime:
         if self.start_method == "forkserver":
             # The fork server imports the worker module (and so prefect) once;
             # each worker forked from it starts warm. Keep preloads others set.
-            add_worker_preload(self._ctx)
+            preload = list(getattr(forkserver._forkserver, "_preload_modules", None) or [])
+            if WORKER_MODULE not in preload:
+                self._ctx.set_forkserver_preload(preload + [WORKER_MODULE])
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         self._alive_r, self._alive_w = self._ctx.Pipe(duplex=False)
+        if (
+            self.fork_first_worker
+            and threading.active_count() == 1
+            and "fork" in multiprocessing.get_all_start_methods()
+        ):
+            # No other thread yet (the manager starts below): a fork of this
+            # process, which has imported prefect already, is a warm worker
+            # at once, without waiting for the fork server's own import.
+            self._start_workers(1, multiprocessing.get_context("fork"))
         self._thread = threading.Thread(target=self._manage, name="lume-local-manager", daemon=True)
         self._thread.start()
 
@@ -331,12 +345,20 @@ class ProcessRuntime:
         except (OSError, EOFError, ValueError):
             pass  # the worker died (or was killed by cancel); its sentinel tells
 
-    def _start_workers(self, count: int) -> None:
+    def _start_workers(self, count: int, ctx: Any = None) -> None:
+        ctx = ctx or self._ctx
         for _ in range(count):
-            parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-            process = self._ctx.Process(
+            parent_conn, child_conn = ctx.Pipe(duplex=True)
+            inherited: List[int] = []
+            if ctx.get_start_method() == "fork":
+                # A forked child holds copies of this process's ends of the
+                # backend's pipes: it must close them, or it would never read
+                # EOF (its own pipe, the liveness pipe).
+                inherited = [parent_conn.fileno(), self._alive_w.fileno(), self._wake_r.fileno(), self._wake_w.fileno()]
+                inherited += [worker.conn.fileno() for worker in self._workers if not worker.dead]
+            process = ctx.Process(
                 target=_worker.main,
-                args=(child_conn, self._alive_r, self.max_runs_per_worker),
+                args=(child_conn, self._alive_r, self.max_runs_per_worker, inherited),
                 name=f"lume-local-worker-{self.workers_started + 1}",
                 daemon=False,  # tasks may start their own processes
             )

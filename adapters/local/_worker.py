@@ -144,16 +144,21 @@ def _watch_parent(alive: Connection) -> None:
     os._exit(0)
 
 
-def _configure_logging(channel: _Channel) -> ForwardingHandler:
+def _configure_logging(channel: _Channel, forked_from_caller: bool = False) -> ForwardingHandler:
     handler = ForwardingHandler(channel)
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)
     # prefect's own stdout and cloud handlers: the parent's logging decides output.
-    prefect_logger = logging.getLogger("prefect")
-    for existing in list(prefect_logger.handlers):
-        prefect_logger.removeHandler(existing)
-    prefect_logger.propagate = True
+    loggers = [logging.getLogger("prefect")]
+    if forked_from_caller:
+        # And whatever handlers the caller had set up (the command line's own
+        # stderr handler): records go to the parent, which has them.
+        loggers += [item for item in logging.Logger.manager.loggerDict.values() if isinstance(item, logging.Logger)]
+    for logger in loggers:
+        for existing in list(logger.handlers):
+            logger.removeHandler(existing)
+    loggers[0].propagate = True
     root.addHandler(handler)
     return handler
 
@@ -171,11 +176,13 @@ class Worker:
     Args:
         conn: The worker's end of its pipe.
         max_runs: Runs to serve before exiting; None: as many as are sent.
+        forked_from_caller: This process is a fork of the caller itself (not of
+            the fork server): drop the log handlers it inherited.
     """
 
-    def __init__(self, conn: Connection, max_runs: Optional[int] = None) -> None:
+    def __init__(self, conn: Connection, max_runs: Optional[int] = None, forked_from_caller: bool = False) -> None:
         self.channel = _Channel(conn)
-        self.handler = _configure_logging(self.channel)
+        self.handler = _configure_logging(self.channel, forked_from_caller)
         self.path = RunPath()
         self.flows: "OrderedDict[bytes, bytes]" = OrderedDict()
         self.max_runs = max_runs
@@ -273,14 +280,26 @@ def _unsendable_tasks(result: FlowRunResult) -> List[str]:
     return names
 
 
-def main(conn: Connection, alive: Connection, max_runs: Optional[int] = None) -> None:
+def main(
+    conn: Connection, alive: Connection, max_runs: Optional[int] = None, inherited_fds: Sequence[int] = ()
+) -> None:
     """Entry point of a worker process (the target of ``multiprocessing.Process``).
 
     Args:
         conn: The worker's end of its duplex pipe to the parent.
         alive: Read end of the parent's liveness pipe: EOF means the parent died.
         max_runs: Runs to serve before exiting; None: no limit.
+        inherited_fds: The parent's own pipe ends this process inherited (a
+            worker forked from the caller itself). They are pointed at
+            /dev/null first: the pipes lose this holder (the parent's EOF
+            signals work), and the numbers stay taken (copies of the parent's
+            objects here still think they own them).
     """
+    if inherited_fds:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in inherited_fds:
+            os.dup2(null, fd)
+        os.close(null)
     try:
         # Own process group: cancel can kill the flow's own subprocesses too, and
         # Ctrl+C in a terminal reaches the caller only (it then closes the backend).
@@ -289,7 +308,7 @@ def main(conn: Connection, alive: Connection, max_runs: Optional[int] = None) ->
         pass
     threading.Thread(target=_watch_parent, args=(alive,), name="lume-parent-watch", daemon=True).start()
     try:
-        Worker(conn, max_runs).serve()
+        Worker(conn, max_runs, forked_from_caller=bool(inherited_fds)).serve()
     except Exception:  # noqa: BLE001 - report the bug, then die: the parent marks the run crashed
         traceback.print_exc()
         os._exit(70)

@@ -89,12 +89,20 @@ class LocalBackend(Backend):
             as the backend lives; 1 gives every run a fresh process. Between
             runs a worker puts back what a run may change in it (see the
             README, "What a warm worker keeps"). Isolated mode only.
+        fork_first_worker: Fork the first worker from this very process, when
+            it has no other thread at the first submit (then forking is safe):
+            a process that has just imported prefect gets a warm worker at
+            once instead of waiting for the fork server to import prefect. That
+            worker starts from this process as it is then (its prefect config,
+            its modules, its open files, less the backend's own pipes); later
+            workers come from the fork server. Meant for one-shot programs
+            such as the command line. Isolated mode only.
 
     Raises:
         ValueError: ``max_workers`` or ``max_runs_per_worker`` is not a positive
             integer, ``start_method`` is not one of the above, or either is
             given with ``isolated=False``.
-        TypeError: ``isolated`` is not a bool.
+        TypeError: ``isolated`` or ``fork_first_worker`` is not a bool.
     """
 
     run_config_type = LocalRunConfig
@@ -106,6 +114,7 @@ class LocalBackend(Backend):
         isolated: bool = True,
         start_method: Optional[str] = None,
         max_runs_per_worker: Optional[int] = None,
+        fork_first_worker: bool = False,
     ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
@@ -126,6 +135,10 @@ class LocalBackend(Backend):
                 )
             if not isolated:
                 raise ValueError("max_runs_per_worker applies to isolated runs only (isolated=True)")
+        if not isinstance(fork_first_worker, bool):
+            raise TypeError(f"fork_first_worker must be True or False, not {fork_first_worker!r}")
+        if fork_first_worker and not isolated:
+            raise ValueError("fork_first_worker applies to isolated runs only (isolated=True)")
         start_method = start_method or _default_start_method()
         available = [m for m in START_METHODS if m in multiprocessing.get_all_start_methods()]
         if start_method not in available:
@@ -142,7 +155,7 @@ class LocalBackend(Backend):
         self._runtime: Union[ProcessRuntime, ThreadRuntime]
         if isolated:
             self._runtime = ProcessRuntime(
-                self._runs, max_workers, start_method, self._logger, max_runs_per_worker
+                self._runs, max_workers, start_method, self._logger, max_runs_per_worker, fork_first_worker
             )
         else:
             self._runtime = ThreadRuntime(self._runs, max_workers)
@@ -181,6 +194,11 @@ class LocalBackend(Backend):
     def start_method(self) -> Optional[str]:
         """How worker processes start; None when not isolated."""
         return self._start_method
+
+    @property
+    def fork_first_worker(self) -> bool:
+        """Whether the first worker is forked from this process (see the class docstring)."""
+        return isinstance(self._runtime, ProcessRuntime) and self._runtime.fork_first_worker
 
     @property
     def max_runs_per_worker(self) -> Optional[int]:

@@ -68,6 +68,22 @@ with Flow("dividing") as flow:
 '''
 
 
+PARENT_FLOW = '''
+import os
+
+from prefect import Flow, task
+
+
+@task(name="parent")
+def parent():
+    return os.getppid()
+
+
+with Flow("parent") as flow:
+    parent()
+'''
+
+
 def hostile_yaml(marker: Path) -> str:
     return f'!!python/object/apply:os.system ["touch {marker}"]'
 
@@ -105,6 +121,19 @@ class TestRunOnTheLocalBackend:
             "odd-1": "datetime.timedelta(seconds=4)",
             "name": "lume",
         }
+
+    def test_its_one_run_goes_to_a_worker_forked_from_the_command_itself(
+        self, cli_env: Dict[str, str], write: Write
+    ) -> None:
+        path = write("parent_flow.py", PARENT_FLOW)
+        process = subprocess.Popen(
+            [str(SCRIPT), "--quiet", "run", str(path), "--task", "parent"],
+            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        )
+        out, err = process.communicate(timeout=90)
+        assert process.returncode == 0, err
+        # Not the fork server's child: no second import of prefect to wait for.
+        assert json.loads(out) == process.pid
 
     def test_the_readme_example_runs_with_its_logs_on_stderr(self, lume: Any) -> None:
         done = lume("run", "examples/hello_flow.py", "-p", "name=LUME", "-p", "n=4")

@@ -354,3 +354,102 @@ class TestMaxRunsPerWorker:
     def test_it_applies_to_isolated_runs_only(self) -> None:
         with pytest.raises(ValueError, match="max_runs_per_worker applies to isolated runs only"):
             LocalBackend(isolated=False, max_runs_per_worker=3)
+
+
+# ----------------------------------------------------------- fork_first_worker
+
+FORK_FIRST_SCRIPT = '''
+import fcntl, json, os, sys
+
+from prefect import Flow, Parameter, task
+
+from lume_scheduling.adapters.local import LocalBackend
+
+
+def end(fd):
+    """A pipe or socket end: its inode and access mode (both ends of a pipe
+    share the inode)."""
+    return [os.fstat(fd).st_ino, fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE]
+
+
+@task(name="where")
+def where(ends):
+    from lume_scheduling.adapters.local import _fast_context
+    held = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            held.append(end(int(name)))
+        except OSError:
+            pass
+    return [os.getpid(), os.getppid(), _fast_context.is_active(), [e for e in ends if e in held]]
+
+
+with Flow("where") as flow:
+    where(Parameter("ends"))
+
+if __name__ == "__main__":
+    backend = LocalBackend(max_workers=1, fork_first_worker=True)
+    runtime = backend._runtime
+    first = backend.run_and_return({"ends": []}, None, "where", flow=flow)
+    # This process's ends of the backend's pipes: the worker must hold none
+    # (or it would never read EOF on its pipe, nor notice this process dying).
+    ends = [end(item.fileno()) for item in (runtime._workers[0].conn, runtime._alive_w, runtime._wake_r, runtime._wake_w)]
+    second = backend.run_and_return({"ends": ends}, None, "where", flow=flow)
+    print(json.dumps({"caller": os.getpid(), "first": first, "second": second}))
+    sys.stdout.flush()
+    if sys.argv[1] == "kill-the-caller":
+        os.kill(os.getpid(), 9)  # the worker must notice and exit
+    backend.close()
+'''
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class TestForkFirstWorker:
+    def _run(self, tmp_path: Any, mode: str) -> Any:
+        import json
+        import subprocess
+        import sys
+
+        script = tmp_path / "fork_first.py"
+        script.write_text(FORK_FIRST_SCRIPT, encoding="utf-8")
+        done = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=120)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def test_the_first_worker_is_a_fork_of_the_caller_with_the_fast_path_on(self, tmp_path: Any) -> None:
+        report = self._run(tmp_path, "close")
+        worker, parent, fast, _ = report["first"]
+        assert parent == report["caller"] != worker
+        assert fast is True
+        assert report["second"][0] == worker  # the same warm worker
+        assert report["second"][3] == []  # it holds none of the caller's pipe ends
+
+    def test_a_worker_forked_from_the_caller_exits_when_the_caller_is_killed(self, tmp_path: Any) -> None:
+        import time
+
+        report = self._run(tmp_path, "kill-the-caller")
+        worker = report["first"][0]
+        deadline = time.monotonic() + 30
+        while _pid_alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _pid_alive(worker), "the worker outlived its caller"
+
+    def test_it_applies_to_isolated_runs_only_and_is_a_bool(self) -> None:
+        with pytest.raises(ValueError, match="fork_first_worker applies to isolated runs only"):
+            LocalBackend(isolated=False, fork_first_worker=True)
+        with pytest.raises(TypeError, match="fork_first_worker must be True or False"):
+            LocalBackend(fork_first_worker="yes")  # type: ignore[arg-type]
+
+    def test_off_by_default_workers_come_from_the_fork_server(self, one_worker: LocalBackend) -> None:
+        assert one_worker.run_and_return({}, None, "parent", flow=_one_task_flow("parent", parent_pid)) != os.getpid()
+
+
+@task(name="parent")
+def parent_pid() -> int:
+    return os.getppid()
