@@ -5,7 +5,11 @@ to ``max_workers``) from a multiprocessing *context* (never the global start
 method), hands each idle worker the next scheduled run, reads results and log
 records from the workers' pipes, and notices dead workers through their
 sentinels. A run whose worker dies ends CRASHED; cancel and time-outs kill the
-worker's process group; a replacement is started when there is work.
+worker's process group; a replacement is started when there is work. A worker
+that says it retires (``max_runs_per_worker``, or a state it could not put
+back) takes no further run and is replaced. With ``fork_first_worker`` the
+first worker is forked from the caller's own thread before the manager thread
+exists.
 """
 
 from __future__ import annotations
