@@ -132,6 +132,10 @@ def modules_by_value(flow: Any, search_path: List[str]) -> List[types.ModuleType
 
 def _dumps_by_value(obj: Any, modules: List[types.ModuleType]) -> bytes:
     """cloudpickle ``obj`` with ``modules`` pickled by value for this one call."""
+    if not modules:
+        # Nothing to register: no need to wait for another thread's registrations
+        # (at worst they make this pickle carry a module by value: still loadable).
+        return dumps(obj)
     with _BY_VALUE_LOCK:
         registered = []
         try:
