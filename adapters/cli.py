@@ -123,6 +123,9 @@ class CliState:
     # Ctrl-C/SIGTERM are ignored (the way out is under way).
     interrupted: bool = False
     closing: bool = False
+    # `run` makes one run and exits: its first local worker is a fork of this
+    # process, which has imported prefect already (unless the settings say no).
+    fork_first_worker: bool = False
     _settings: Optional[Settings] = None
     _container: Any = None
     # Env values of the run config given, masked in every line printed.
@@ -143,7 +146,7 @@ class CliState:
         if self._container is None:
             from .container import create_container
 
-            container = create_container(self.settings())
+            container = create_container(self._backend_settings())
             self._container = container
 
             def shutdown() -> None:
@@ -158,6 +161,18 @@ class CliState:
     def emit(self, text: str) -> None:
         """A result line on stdout (the only thing that goes there)."""
         click.echo(text, file=self.out)
+
+    def _backend_settings(self) -> Settings:
+        settings = self.settings()
+        local = settings.local
+        if (
+            self.fork_first_worker
+            and settings.backend == "local"
+            and local.isolated
+            and "fork_first_worker" not in local.__fields_set__
+        ):
+            settings = settings.copy(update={"local": local.copy(update={"fork_first_worker": True})})
+        return settings
 
     def progress(self, message: str) -> None:
         """A progress line on stderr, unless --quiet."""
@@ -629,6 +644,7 @@ def run(
     FLOW first.
     """
     _use_backend(state, backend)
+    state.fork_first_worker = True
     service, flow_run_id = _submit_flow_run(state, flow_spec, params, run_config_file, flow_id, project)
     state.progress(f"flow run {flow_run_id} submitted to the {state.settings().backend} backend")
     _wait_with_progress(state, service, flow_run_id, timeout)

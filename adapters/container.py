@@ -27,7 +27,7 @@ whichever backends are installed.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Iterator, Mapping, Optional, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Union
 
 from dependency_injector import containers, providers
 from pydantic import ValidationError
@@ -65,9 +65,15 @@ def backend_kind(settings: Settings) -> str:
 def local_backend(settings: Settings) -> Iterator[Backend]:
     """A `LocalBackend` sized by ``settings.local``, closed on shutdown."""
     local_backend_type = _import("lume_scheduling.adapters.local", "LocalBackend", "local")
-    backend = local_backend_type(
-        max_workers=settings.local.max_workers, isolated=settings.local.isolated
-    )
+    local = settings.local
+    # Isolated-only options go in only when set: with isolated=false the
+    # backend then says which one does not apply.
+    options: Dict[str, Any] = {}
+    if local.max_runs_per_worker is not None:
+        options["max_runs_per_worker"] = local.max_runs_per_worker
+    if local.fork_first_worker:
+        options["fork_first_worker"] = True
+    backend = local_backend_type(max_workers=local.max_workers, isolated=local.isolated, **options)
     try:
         yield backend
     finally:

@@ -27,7 +27,6 @@ variable) and what is wrong, one problem per line. The API key is a
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import tomllib
@@ -96,10 +95,17 @@ class LocalSettings(_Section):
             backend choose.
         isolated: Run each flow in a worker process (a crash or hang cannot take
             the caller down); False runs flows in this process.
+        max_runs_per_worker: Runs a worker process serves before a fresh one
+            replaces it; None keeps workers for the backend's life.
+        fork_first_worker: Fork the first worker from the calling process
+            itself when it has no other thread (the command line's ``run``
+            does: its one run then skips the fork server's import of prefect).
     """
 
     max_workers: Optional[conint(strict=True, ge=1)] = None  # type: ignore[valid-type]
     isolated: StrictBool = True
+    max_runs_per_worker: Optional[conint(strict=True, ge=1)] = None  # type: ignore[valid-type]
+    fork_first_worker: StrictBool = False
 
 
 _SECONDS_KEYS = (
@@ -201,6 +207,10 @@ def server_config_problems(server: ServerSettings) -> List[Tuple[str, str]]:
 
     Empty when everything is accepted, or when the server backends are not installed.
     """
+    if not server.backend_options():
+        # Nothing given: the model's defaults hold, and the server backends
+        # (which import prefect) need not be imported to say so.
+        return []
     try:
         from lume_scheduling.adapters.server import PrefectServerConfig
     except ImportError:

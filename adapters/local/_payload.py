@@ -1,25 +1,29 @@
-"""Turning flows into bytes a worker process can load, once per flow.
+"""Turning flows and parameters into bytes a worker process can load.
 
-A flow is pickled with cloudpickle the first time it is submitted and the bytes
-are kept for as long as the flow object lives, keyed by the object and a cheap
-fingerprint of its shape (name, number of tasks and edges), so that adding a
-task or an edge after the first run is noticed. Functions of modules the worker
-could not import the same way (the caller's ``__main__``, a test module loaded
-by path, a module whose file is not on ``sys.path``) are pickled by value.
+A flow is pickled with cloudpickle on every submit and known by the digest of
+those bytes: workers keep the bytes of the flows they were sent by digest, so
+a flow goes over a pipe once per worker while it is unchanged, and any change
+to what would be sent (a parameter default, a task's settings, an edge, the
+flow's own settings) is a new digest, never a stale flow. Functions of modules
+the worker could not import the same way (the caller's ``__main__``, a test
+module loaded by path, a module whose file is not on ``sys.path``) are pickled
+by value, and their code keeps its file name (cloudpickle alone writes
+``<dynamic-code>``), so tracebacks from a worker name the user's file.
 """
 
 from __future__ import annotations
 
+import copyreg
+import hashlib
 import importlib.machinery
-import itertools
+import io
 import os
 import pickle
 import sys
 import threading
 import types
-import weakref
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, Set, Tuple
 
 import cloudpickle
 
@@ -36,21 +40,56 @@ class UnsendableFlowError(TypeError):
 
 @dataclass(frozen=True)
 class FlowPayload:
-    """A pickled flow and the token workers cache it under."""
+    """A pickled flow and the digest workers cache it under."""
 
-    token: int
-    data: bytes
-
-
-@dataclass
-class _Entry:
-    ref: "weakref.ref[Any]"
-    fingerprint: Tuple[Any, ...]
-    payload: FlowPayload
+    digest: bytes
+    data: bytes = b""
 
 
-def _fingerprint(flow: Any) -> Tuple[Any, ...]:
-    return (flow.name, len(flow.tasks), len(flow.edges))
+# cloudpickle (3.1 and later) writes this instead of a code object's file name.
+_DYNAMIC_CODE = "<dynamic-code>"
+_CLOUDPICKLE_CODE_REDUCE = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
+def _code_reduce(code: types.CodeType) -> Tuple[Any, Tuple[Any, ...]]:
+    """cloudpickle's reduction of a code object, with its real file name back."""
+    constructor, args = _CLOUDPICKLE_CODE_REDUCE(code)
+    for index, arg in enumerate(args):
+        if isinstance(arg, str) and arg == _DYNAMIC_CODE:
+            return constructor, args[:index] + (code.co_filename,) + args[index + 1:]
+    return constructor, args
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle's pickler, keeping the file name of code pickled by value.
+
+    Its dispatch table is a plain dict: the pickler looks every object's type
+    up in it, and cloudpickle's ChainMap answers each lookup in Python.
+    """
+
+    dispatch_table: Dict[Any, Any] = {}
+    _copyreg_size = -1
+
+
+def _refresh_dispatch_table() -> None:
+    """Rebuild the flat table when copyreg gained registrations."""
+    if _Pickler._copyreg_size != len(copyreg.dispatch_table):
+        table = dict(cloudpickle.Pickler.dispatch_table)
+        table[types.CodeType] = _code_reduce
+        _Pickler.dispatch_table = table
+        _Pickler._copyreg_size = len(copyreg.dispatch_table)
+
+
+def dumps(obj: Any) -> bytes:
+    """``cloudpickle.dumps(obj)``, except that code keeps its file name.
+
+    Raises:
+        Whatever pickling ``obj`` raises (TypeError, PicklingError, ...).
+    """
+    _refresh_dispatch_table()
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buffer.getvalue()
 
 
 def _candidate_modules(flow: Any) -> Iterable[str]:
@@ -93,6 +132,10 @@ def modules_by_value(flow: Any, search_path: List[str]) -> List[types.ModuleType
 
 def _dumps_by_value(obj: Any, modules: List[types.ModuleType]) -> bytes:
     """cloudpickle ``obj`` with ``modules`` pickled by value for this one call."""
+    if not modules:
+        # Nothing to register: no need to wait for another thread's registrations
+        # (at worst they make this pickle carry a module by value: still loadable).
+        return dumps(obj)
     with _BY_VALUE_LOCK:
         registered = []
         try:
@@ -100,7 +143,7 @@ def _dumps_by_value(obj: Any, modules: List[types.ModuleType]) -> bytes:
                 if module.__name__ not in cloudpickle.list_registry_pickle_by_value():
                     cloudpickle.register_pickle_by_value(module)
                     registered.append(module)
-            return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+            return dumps(obj)
         finally:
             for module in registered:
                 cloudpickle.unregister_pickle_by_value(module)
@@ -164,43 +207,11 @@ def dumps_parameters(parameters: Dict[str, Any], search_path: List[str]) -> byte
         ) from err
 
 
-class FlowPayloads:
-    """Pickled flows by flow object; each flow is pickled once while unchanged."""
+def flow_payload(flow: Any, search_path: List[str]) -> FlowPayload:
+    """The flow's bytes for a worker and their digest (see the module docstring).
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: Dict[int, _Entry] = {}
-        self._tokens = itertools.count(1)
-
-    def get(self, flow: Any, search_path: List[str]) -> FlowPayload:
-        """The payload of ``flow``, pickling it if it is new or has changed shape.
-
-        Raises:
-            UnsendableFlowError: The flow cannot be pickled.
-        """
-        key = id(flow)
-        fingerprint = _fingerprint(flow)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and entry.ref() is flow and entry.fingerprint == fingerprint:
-                return entry.payload
-        data = dumps_flow(flow, search_path)
-        payload = FlowPayload(next(self._tokens), data)
-        entries = self._entries
-
-        def forget(_ref: Any, key: int = key) -> None:
-            current = entries.get(key)
-            if current is not None and current.ref is _ref:
-                entries.pop(key, None)
-
-        with self._lock:
-            self._entries[key] = _Entry(weakref.ref(flow, forget), fingerprint, payload)
-        return payload
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def pickled(self, flow: Any) -> Optional[FlowPayload]:
-        """The cached payload of ``flow`` if there is one (for tests and stats)."""
-        entry = self._entries.get(id(flow))
-        return entry.payload if entry is not None and entry.ref() is flow else None
+    Raises:
+        UnsendableFlowError: The flow cannot be pickled.
+    """
+    data = dumps_flow(flow, search_path)
+    return FlowPayload(hashlib.blake2b(data, digest_size=16).digest(), data)

@@ -5,12 +5,17 @@ to ``max_workers``) from a multiprocessing *context* (never the global start
 method), hands each idle worker the next scheduled run, reads results and log
 records from the workers' pipes, and notices dead workers through their
 sentinels. A run whose worker dies ends CRASHED; cancel and time-outs kill the
-worker's process group; a replacement is started when there is work.
+worker's process group; a replacement is started when there is work. A worker
+that says it retires (``max_runs_per_worker``, or a state it could not put
+back) takes no further run and is replaced. With ``fork_first_worker`` the
+first worker is forked from the caller's own thread before the manager thread
+exists.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import pickle
 import signal
@@ -24,7 +29,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 from lume_scheduling.domain import BackendUnavailableError, FlowRunState, LocalRunConfig
 
 from . import _descendants, _worker
-from ._payload import FlowPayload, FlowPayloads, dumps_parameters
+from ._payload import FlowPayload, dumps_parameters, flow_payload
 from ._runs import LocalRun, RunTable
 
 WORKER_MODULE = _worker.__name__
@@ -55,25 +60,32 @@ class WorkerHandle:
     run: Optional[LocalRun] = None
     dead: bool = False
     ready: bool = False
-    cache: "OrderedDict[int, None]" = field(default_factory=OrderedDict)
+    # Told us it takes no further run (max_runs_per_worker, or a state it could not put back).
+    retiring: bool = False
+    cache: "OrderedDict[bytes, None]" = field(default_factory=OrderedDict)
 
-    def message_for(self, run: LocalRun, job: Job) -> bytes:
+    @property
+    def idle(self) -> bool:
+        """Alive, not retiring, and running nothing."""
+        return self.run is None and not self.dead and not self.retiring
+
+    def message_for(self, run: LocalRun, job: Job) -> Tuple[bytes, bool]:
         """The run request, with the flow's bytes only if this worker lacks them
-        (mirrors the worker's LRU cache step by step)."""
-        token = job.payload.token
-        if token in self.cache:
+        (mirrors the worker's LRU cache step by step), and whether they are in it."""
+        digest = job.payload.digest
+        if digest in self.cache:
             flow_bytes = None
         else:
             flow_bytes = job.payload.data
-            self.cache[token] = None
+            self.cache[digest] = None
             while len(self.cache) > _worker.FLOW_CACHE_SIZE:
                 self.cache.popitem(last=False)
-        self.cache.move_to_end(token)
+        self.cache.move_to_end(digest)
         return pickle.dumps(
             (
                 _worker.RUN,
                 run.flow_run_id,
-                token,
+                digest,
                 flow_bytes,
                 job.parameters,
                 job.environ,
@@ -83,7 +95,7 @@ class WorkerHandle:
                 job.secrets,
             ),
             protocol=pickle.HIGHEST_PROTOCOL,
-        )
+        ), flow_bytes is not None
 
     def kill(self) -> None:
         """SIGKILL the worker, every process it started (whatever their session;
@@ -146,19 +158,30 @@ class ProcessRuntime:
 
     Args:
         runs: The backend's run table.
-        max_workers: Most worker processes alive at once.
+        max_workers: Most runs executing at once (a worker that has retired may
+            still be exiting while its replacement starts).
         start_method: ``"forkserver"`` or ``"spawn"``.
         logger: Where the workers' log records are re-emitted.
+        max_runs_per_worker: Runs a worker serves before it exits; None: no limit.
+        fork_first_worker: Fork the first worker from this process when it has
+            no other thread at the first submit (see `LocalBackend`).
     """
 
-    def __init__(self, runs: RunTable, max_workers: int, start_method: str, logger: logging.Logger) -> None:
-        import multiprocessing
-
+    def __init__(
+        self,
+        runs: RunTable,
+        max_workers: int,
+        start_method: str,
+        logger: logging.Logger,
+        max_runs_per_worker: Optional[int] = None,
+        fork_first_worker: bool = False,
+    ) -> None:
         self.runs = runs
         self.max_workers = max_workers
         self.start_method = start_method
         self.logger = logger
-        self.payloads = FlowPayloads()
+        self.max_runs_per_worker = max_runs_per_worker
+        self.fork_first_worker = fork_first_worker
         self._ctx = multiprocessing.get_context(start_method)
         self._pending: Deque[LocalRun] = deque()
         self._workers: List[WorkerHandle] = []
@@ -170,6 +193,8 @@ class ProcessRuntime:
         self._alive_r: Any = None
         self._alive_w: Any = None
         self.workers_started = 0
+        self.flows_sent = 0
+        self._fast_path_warned = False
         self._environ_cache: Optional[Tuple[Dict[bytes, bytes], Dict[str, str]]] = None
 
     # ---------------------------------------------------------------- callers
@@ -183,7 +208,7 @@ class ProcessRuntime:
         """
         cwd = os.getcwd()
         sys_path = [cwd if entry == "" else entry for entry in sys.path]
-        payload = self.payloads.get(flow, sys_path)
+        payload = flow_payload(flow, sys_path)
         environ = self._environ()
         if config.env:
             environ = dict(environ)
@@ -227,7 +252,7 @@ class ProcessRuntime:
             if self._thread is None:
                 self._open()
             self._pending.append(run)
-            if len(self._pending) == 1 and any(w.run is None and not w.dead for w in self._workers):
+            if len(self._pending) == 1 and any(worker.idle for worker in self._workers):
                 # An idle worker: hand it the run from this thread, saving the
                 # hop through the manager thread (it still reads the result).
                 assignments, _ = self._assign_locked()
@@ -283,6 +308,15 @@ class ProcessRuntime:
                 self._ctx.set_forkserver_preload(preload + [WORKER_MODULE])
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         self._alive_r, self._alive_w = self._ctx.Pipe(duplex=False)
+        if (
+            self.fork_first_worker
+            and threading.active_count() == 1
+            and "fork" in multiprocessing.get_all_start_methods()
+        ):
+            # No other thread yet (the manager starts below): a fork of this
+            # process, which has imported prefect already, is a warm worker
+            # at once, without waiting for the fork server's own import.
+            self._start_workers(1, multiprocessing.get_context("fork"))
         self._thread = threading.Thread(target=self._manage, name="lume-local-manager", daemon=True)
         self._thread.start()
 
@@ -322,7 +356,7 @@ class ProcessRuntime:
         for worker in self._workers:
             if not self._pending:
                 break
-            if worker.dead or worker.run is not None:
+            if not worker.idle:
                 continue
             run = self._pending.popleft()
             job = run.job
@@ -331,22 +365,33 @@ class ProcessRuntime:
             run.job = None
             worker.run = run
             assignments.append((worker, run, job))
-        live = sum(1 for worker in self._workers if not worker.dead)
+        live = sum(1 for worker in self._workers if not worker.dead and not worker.retiring)
         starts = min(len(self._pending), self.max_workers - live)
         return assignments, max(starts, 0)
 
     def _send(self, worker: WorkerHandle, run: LocalRun, job: Job) -> None:
+        message, with_flow = worker.message_for(run, job)
+        if with_flow:
+            self.flows_sent += 1
         try:
-            worker.conn.send_bytes(worker.message_for(run, job))
+            worker.conn.send_bytes(message)
         except (OSError, EOFError, ValueError):
             pass  # the worker died (or was killed by cancel); its sentinel tells
 
-    def _start_workers(self, count: int) -> None:
+    def _start_workers(self, count: int, ctx: Any = None) -> None:
+        ctx = ctx or self._ctx
         for _ in range(count):
-            parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-            process = self._ctx.Process(
+            parent_conn, child_conn = ctx.Pipe(duplex=True)
+            inherited: List[int] = []
+            if ctx.get_start_method() == "fork":
+                # A forked child holds copies of this process's ends of the
+                # backend's pipes: it must close them, or it would never read
+                # EOF (its own pipe, the liveness pipe).
+                inherited = [parent_conn.fileno(), self._alive_w.fileno(), self._wake_r.fileno(), self._wake_w.fileno()]
+                inherited += [worker.conn.fileno() for worker in self._workers if not worker.dead]
+            process = ctx.Process(
                 target=_worker.main,
-                args=(child_conn, self._alive_r),
+                args=(child_conn, self._alive_r, self.max_runs_per_worker, inherited),
                 name=f"lume-local-worker-{self.workers_started + 1}",
                 daemon=False,  # tasks may start their own processes
             )
@@ -406,15 +451,27 @@ class ProcessRuntime:
         if kind == _worker.LOG:
             self._emit(message[1], message[2])
         elif kind == _worker.DONE:
-            _, flow_run_id, result = message
+            _, flow_run_id, result, retiring = message
             with self.runs.lock:
                 run = worker.run
                 if run is not None and run.flow_run_id == flow_run_id:
                     worker.run = None
+                if retiring is not None:
+                    worker.retiring = True  # it exits now; its sentinel follows
+            if retiring is not None:
+                self.logger.debug("a worker process retires: %s", retiring)
             if run is not None and run.flow_run_id == flow_run_id:
                 self.runs.finish(run, result)
         elif kind == _worker.READY:
             worker.ready = True
+            reason = message[2]
+            if reason is not None and not self._fast_path_warned:
+                self._fast_path_warned = True
+                self.logger.warning(
+                    "the fast path for Prefect's context is off in worker processes: %s; "
+                    "flows run as fast as a plain flow.run()",
+                    reason,
+                )
 
     def _emit(self, flow_run_id: Optional[str], fields: Dict[str, Any]) -> None:
         record = logging.makeLogRecord(fields)

@@ -2,17 +2,23 @@
 
 A worker imports prefect once (the fork server preloads this module, so a fresh
 worker is already past ``import prefect``), then serves run requests from its
-pipe until the pipe closes. Per run it takes the caller's environment, run
-config env, working directory and ``sys.path``; runs the flow with
-`execute_flow`; and sends back the `FlowRunResult`. Log records of the run are
-sent to the parent as plain dicts, with run config env values masked.
+pipe until the pipe closes, or until it has served ``max_runs`` runs. Each run
+goes through `_run_path.RunPath` (the fast path for Prefect's context, the flow
+unpickled afresh, env, working_dir and ``sys.path`` of the caller, the process
+put back as it was after the run) and its `FlowRunResult` is sent back. Log
+records of the run are sent to the parent as plain dicts, with run config env
+values masked.
 
-Messages are ``cloudpickle`` bytes of tuples:
+Messages are pickled tuples:
 
-* parent -> worker: ``(RUN, flow_run_id, token, flow_bytes | None, parameters_bytes,
-  environ, working_dir, sys_path, log_level, secrets)``
-* worker -> parent: ``(READY, pid)``, ``(LOG, flow_run_id | None, record_dict)``,
-  ``(DONE, flow_run_id, FlowRunResult)``
+* parent -> worker: ``(RUN, flow_run_id, digest, flow_bytes | None, parameters_bytes,
+  environ, working_dir, sys_path, log_level, secrets)``; a flow's bytes are sent
+  only when this worker does not hold them (both sides keep the same LRU of
+  digests)
+* worker -> parent: ``(READY, pid, fast_path_off_reason | None)``,
+  ``(LOG, flow_run_id | None, record_dict)``,
+  ``(DONE, flow_run_id, FlowRunResult, retiring_reason | None)``: with a reason,
+  the worker exits right after it and takes no further run
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ import logging
 import os
 import pickle
 import signal
-import sys
 import threading
 import traceback
 from collections import OrderedDict
@@ -31,10 +36,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import cloudpickle
 import prefect  # noqa: F401  (imported here so that a preloaded worker is warm)
 
-from lume_scheduling.adapters.prefect_flows import execute_flow
 from lume_scheduling.domain import FlowRunResult, FlowRunState
 
 from . import _descendants
+from ._run_path import RunPath, SentRun
 
 RUN = "run"
 READY = "ready"
@@ -156,16 +161,21 @@ def _own_signals_and_descendants() -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-def _configure_logging(channel: _Channel) -> ForwardingHandler:
+def _configure_logging(channel: _Channel, forked_from_caller: bool = False) -> ForwardingHandler:
     handler = ForwardingHandler(channel)
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)
     # prefect's own stdout and cloud handlers: the parent's logging decides output.
-    prefect_logger = logging.getLogger("prefect")
-    for existing in list(prefect_logger.handlers):
-        prefect_logger.removeHandler(existing)
-    prefect_logger.propagate = True
+    loggers = [logging.getLogger("prefect")]
+    if forked_from_caller:
+        # And whatever handlers the caller had set up (the command line's own
+        # stderr handler): records go to the parent, which has them.
+        loggers += [item for item in logging.Logger.manager.loggerDict.values() if isinstance(item, logging.Logger)]
+    for logger in loggers:
+        for existing in list(logger.handlers):
+            logger.removeHandler(existing)
+    loggers[0].propagate = True
     root.addHandler(handler)
     return handler
 
@@ -176,38 +186,28 @@ def _set_level(level: int) -> None:
             logger.setLevel(level)
 
 
-def _apply_environ(target: Dict[str, str]) -> None:
-    """Make os.environ equal to ``target`` with as few putenv calls as possible."""
-    current = os.environ
-    for name in [name for name in current if name not in target]:
-        del current[name]
-    for name, value in target.items():
-        if current.get(name) != value:
-            current[name] = value
-
-
-def _failed(flow_run_id: str, flow_name: Optional[str], err: BaseException, what: str) -> FlowRunResult:
-    return FlowRunResult(
-        flow_run_id=flow_run_id,
-        flow_id=None,
-        state=FlowRunState.FAILED,
-        message=f"{what}: {err}",
-        flow_name=flow_name,
-        exception_type=type(err).__name__,
-    )
-
-
 class Worker:
-    """State of one worker process: its channel, log handler and flow cache."""
+    """State of one worker process: its channel, log handler, run path and the
+    bytes of the flows it was sent (by digest).
 
-    def __init__(self, conn: Connection) -> None:
+    Args:
+        conn: The worker's end of its pipe.
+        max_runs: Runs to serve before exiting; None: as many as are sent.
+        forked_from_caller: This process is a fork of the caller itself (not of
+            the fork server): drop the log handlers it inherited.
+    """
+
+    def __init__(self, conn: Connection, max_runs: Optional[int] = None, forked_from_caller: bool = False) -> None:
         self.channel = _Channel(conn)
-        self.handler = _configure_logging(self.channel)
-        self.flows: "OrderedDict[int, Any]" = OrderedDict()
+        self.handler = _configure_logging(self.channel, forked_from_caller)
+        self.path = RunPath()
+        self.flows: "OrderedDict[bytes, bytes]" = OrderedDict()
+        self.max_runs = max_runs
+        self.runs = 0
 
     def serve(self) -> None:
         try:
-            self.channel.send((READY, os.getpid()))
+            self.channel.send((READY, os.getpid(), self.path.fast_path.reason))
         except (BrokenPipeError, EOFError, OSError):
             return  # killed (cancel, time-out, close) before it was ready: nothing to report
         while True:
@@ -216,23 +216,23 @@ class Worker:
             except (EOFError, OSError):
                 return
             message = pickle.loads(data)
-            if message[0] == RUN:
-                self.run(*message[1:])
+            if message[0] == RUN and self.run(*message[1:]):
+                return
 
-    def _flow(self, token: int, flow_bytes: Optional[bytes]) -> Any:
+    def _flow(self, digest: bytes, flow_bytes: Optional[bytes]) -> Optional[bytes]:
         # The parent mirrors this cache and sends a flow's bytes only when it
         # is not here: both sides apply the same LRU steps in the same order.
         if flow_bytes is not None:
-            self.flows[token] = cloudpickle.loads(flow_bytes)
+            self.flows[digest] = flow_bytes
             while len(self.flows) > FLOW_CACHE_SIZE:
                 self.flows.popitem(last=False)
-        self.flows.move_to_end(token)
-        return self.flows[token]
+        self.flows.move_to_end(digest)
+        return self.flows[digest]
 
     def run(
         self,
         flow_run_id: str,
-        token: int,
+        digest: bytes,
         flow_bytes: Optional[bytes],
         parameters_bytes: bytes,
         environ: Dict[str, str],
@@ -240,46 +240,39 @@ class Worker:
         sys_path: List[str],
         log_level: int,
         secrets: Tuple[str, ...],
-    ) -> None:
+    ) -> bool:
+        """Run one flow and report it.
+
+        Returns:
+            True if this worker must stop now (it told the parent so).
+        """
         self.handler.flow_run_id = flow_run_id
         self.handler.secrets = secrets
         _set_level(log_level)
-        flow = None
+        sent = SentRun(flow_run_id, self._flow(digest, flow_bytes), parameters_bytes, environ, working_dir, sys_path)
         try:
-            if sys.path != sys_path:
-                sys.path[:] = sys_path
-            try:
-                flow = self._flow(token, flow_bytes)
-            except Exception as err:
-                self.flows.pop(token, None)
-                result = _failed(
-                    flow_run_id,
-                    None,
-                    err,
-                    "the flow could not be loaded in the worker process (run it with "
-                    "LocalBackend(isolated=False), or define it in an importable module)",
-                )
-                return self._report(result)
-            try:
-                parameters = cloudpickle.loads(parameters_bytes)
-            except Exception as err:
-                return self._report(_failed(
-                    flow_run_id, flow.name, err, "the parameters could not be loaded in the worker process"
-                ))
-            _apply_environ(environ)
-            try:
-                os.chdir(working_dir)
-            except OSError as err:
-                return self._report(_failed(flow_run_id, flow.name, err, "working_dir cannot be entered"))
-            result = execute_flow(flow, parameters, flow_run_id=flow_run_id)
+            outcome = self.path.run(sent)
             _descendants.end_leftovers()  # nothing the run started outlives it
-            self._report(result)
         finally:
             self.handler.flow_run_id = None
+        self.runs += 1
+        retire = outcome.retire
+        if retire is None and self.max_runs is not None and self.runs >= self.max_runs:
+            retire = f"it has served max_runs_per_worker={self.max_runs} runs"
+        self._report(outcome.result, retire)
+        if retire is None:
+            # While the parent reads the result and sends the next run.
+            self.path.prepare_next(sent)
+        return retire is not None
 
-    def _report(self, result: FlowRunResult) -> None:
+    def _report(self, result: FlowRunResult, retire: Optional[str]) -> None:
+        message = (DONE, result.flow_run_id, result, retire)
         try:
-            data = cloudpickle.dumps((DONE, result.flow_run_id, result), protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                # Plain pickle first: five times cheaper, and enough for most values.
+                data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:  # noqa: BLE001 - a value only cloudpickle can take
+                data = cloudpickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as err:  # noqa: BLE001 - a task value that cannot be pickled
             unsendable = _unsendable_tasks(result)
             result = FlowRunResult(
@@ -294,9 +287,12 @@ class Worker:
                 flow_name=result.flow_name,
                 exception_type=type(err).__name__,
             )
-            data = cloudpickle.dumps((DONE, result.flow_run_id, result))
-        with self.channel.lock:
-            self.channel.conn.send_bytes(data)
+            data = cloudpickle.dumps((DONE, result.flow_run_id, result, retire))
+        try:
+            with self.channel.lock:
+                self.channel.conn.send_bytes(data)
+        except (BrokenPipeError, EOFError, OSError):
+            pass  # the parent is gone or closed our pipe; the next read ends this worker
 
 
 def _unsendable_tasks(result: FlowRunResult) -> List[str]:
@@ -309,13 +305,26 @@ def _unsendable_tasks(result: FlowRunResult) -> List[str]:
     return names
 
 
-def main(conn: Connection, alive: Connection) -> None:
+def main(
+    conn: Connection, alive: Connection, max_runs: Optional[int] = None, inherited_fds: Sequence[int] = ()
+) -> None:
     """Entry point of a worker process (the target of ``multiprocessing.Process``).
 
     Args:
         conn: The worker's end of its duplex pipe to the parent.
         alive: Read end of the parent's liveness pipe: EOF means the parent died.
+        max_runs: Runs to serve before exiting; None: no limit.
+        inherited_fds: The parent's own pipe ends this process inherited (a
+            worker forked from the caller itself). They are pointed at
+            /dev/null first: the pipes lose this holder (the parent's EOF
+            signals work), and the numbers stay taken (copies of the parent's
+            objects here still think they own them).
     """
+    if inherited_fds:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in inherited_fds:
+            os.dup2(null, fd)
+        os.close(null)
     try:
         # Own process group: cancel can kill the flow's own subprocesses too, and
         # Ctrl+C in a terminal reaches the caller only (it then closes the backend).
@@ -325,7 +334,7 @@ def main(conn: Connection, alive: Connection) -> None:
     _own_signals_and_descendants()
     threading.Thread(target=_watch_parent, args=(alive,), name="lume-parent-watch", daemon=True).start()
     try:
-        Worker(conn).serve()
+        Worker(conn, max_runs, forked_from_caller=bool(inherited_fds)).serve()
     except Exception:  # noqa: BLE001 - report the bug, then die: the parent marks the run crashed
         traceback.print_exc()
         os._exit(70)

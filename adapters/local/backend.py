@@ -85,11 +85,25 @@ class LocalBackend(Backend):
             worker) or ``"spawn"`` (a fresh interpreter per worker). ``"fork"``
             is refused: the backend has a manager thread, and forking a process
             with threads can deadlock the child.
+        max_runs_per_worker: Runs a worker process serves before it exits and
+            a fresh one takes its place; None (default) keeps workers as long
+            as the backend lives; 1 gives every run a fresh process. Between
+            runs a worker puts back what a run may change in it (see the
+            README, "What a warm worker keeps"). Isolated mode only.
+        fork_first_worker: Fork the first worker from this very process, when
+            it has no other thread at the first submit (then forking is safe):
+            a process that has just imported prefect gets a warm worker at
+            once instead of waiting for the fork server to import prefect. That
+            worker starts from this process as it is then (its prefect config,
+            its modules, its open files, less the backend's own pipes); later
+            workers come from the fork server. Meant for one-shot programs
+            such as the command line. Isolated mode only.
 
     Raises:
-        ValueError: ``max_workers`` is not a positive integer, or
-            ``start_method`` is not one of the above.
-        TypeError: ``isolated`` is not a bool.
+        ValueError: ``max_workers`` or ``max_runs_per_worker`` is not a positive
+            integer, ``start_method`` is not one of the above, or either is
+            given with ``isolated=False``.
+        TypeError: ``isolated`` or ``fork_first_worker`` is not a bool.
     """
 
     run_config_type = LocalRunConfig
@@ -100,6 +114,8 @@ class LocalBackend(Backend):
         max_workers: Optional[int] = None,
         isolated: bool = True,
         start_method: Optional[str] = None,
+        max_runs_per_worker: Optional[int] = None,
+        fork_first_worker: bool = False,
     ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
@@ -109,6 +125,21 @@ class LocalBackend(Backend):
             raise TypeError(f"isolated must be True or False, not {isolated!r}")
         if start_method is not None and not isolated:
             raise ValueError("start_method applies to isolated runs only (isolated=True)")
+        if max_runs_per_worker is not None:
+            if (
+                isinstance(max_runs_per_worker, bool)
+                or not isinstance(max_runs_per_worker, int)
+                or max_runs_per_worker < 1
+            ):
+                raise ValueError(
+                    f"max_runs_per_worker must be a positive integer or None, not {max_runs_per_worker!r}"
+                )
+            if not isolated:
+                raise ValueError("max_runs_per_worker applies to isolated runs only (isolated=True)")
+        if not isinstance(fork_first_worker, bool):
+            raise TypeError(f"fork_first_worker must be True or False, not {fork_first_worker!r}")
+        if fork_first_worker and not isolated:
+            raise ValueError("fork_first_worker applies to isolated runs only (isolated=True)")
         start_method = start_method or _default_start_method()
         available = [m for m in START_METHODS if m in multiprocessing.get_all_start_methods()]
         if start_method not in available:
@@ -119,11 +150,14 @@ class LocalBackend(Backend):
         self._max_workers = max_workers
         self._isolated = isolated
         self._start_method = start_method if isolated else None
+        self._max_runs_per_worker = max_runs_per_worker
         self._logger = logging.getLogger(LOGGER_NAME)
         self._runs = RunTable()
         self._runtime: Union[ProcessRuntime, ThreadRuntime]
         if isolated:
-            self._runtime = ProcessRuntime(self._runs, max_workers, start_method, self._logger)
+            self._runtime = ProcessRuntime(
+                self._runs, max_workers, start_method, self._logger, max_runs_per_worker, fork_first_worker
+            )
         else:
             self._runtime = ThreadRuntime(self._runs, max_workers)
         # Stops workers and threads when the backend is garbage collected or the
@@ -161,6 +195,16 @@ class LocalBackend(Backend):
     def start_method(self) -> Optional[str]:
         """How worker processes start; None when not isolated."""
         return self._start_method
+
+    @property
+    def fork_first_worker(self) -> bool:
+        """Whether the first worker is forked from this process (see the class docstring)."""
+        return isinstance(self._runtime, ProcessRuntime) and self._runtime.fork_first_worker
+
+    @property
+    def max_runs_per_worker(self) -> Optional[int]:
+        """Runs a worker process serves before a fresh one replaces it; None: no limit."""
+        return self._max_runs_per_worker
 
     def _close(self) -> None:
         """Cancel the runs that have not ended, stop every worker process and
@@ -332,6 +376,6 @@ class LocalBackend(Backend):
             return {
                 "workers_alive": self._runtime.live_workers(),
                 "workers_started": self._runtime.workers_started,
-                "flows_pickled": len(self._runtime.payloads),
+                "flows_sent": self._runtime.flows_sent,
             }
         return {"threads_alive": self._runtime.live_threads()}

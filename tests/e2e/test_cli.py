@@ -53,6 +53,37 @@ with Flow("greeting") as flow:
 '''
 
 
+DIVIDING_FLOW = '''
+"""A flow whose task fails when x is 0."""
+from prefect import Flow, Parameter, task
+
+
+@task(name="divide")
+def divide(x):
+    return 1 / x
+
+
+with Flow("dividing") as flow:
+    divide(Parameter("x"))
+'''
+
+
+PARENT_FLOW = '''
+import os
+
+from prefect import Flow, task
+
+
+@task(name="parent")
+def parent():
+    return os.getppid()
+
+
+with Flow("parent") as flow:
+    parent()
+'''
+
+
 def hostile_yaml(marker: Path) -> str:
     return f'!!python/object/apply:os.system ["touch {marker}"]'
 
@@ -91,6 +122,19 @@ class TestRunOnTheLocalBackend:
             "name": "lume",
         }
 
+    def test_its_one_run_goes_to_a_worker_forked_from_the_command_itself(
+        self, cli_env: Dict[str, str], write: Write
+    ) -> None:
+        path = write("parent_flow.py", PARENT_FLOW)
+        process = subprocess.Popen(
+            [str(SCRIPT), "--quiet", "run", str(path), "--task", "parent"],
+            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        )
+        out, err = process.communicate(timeout=90)
+        assert process.returncode == 0, err
+        # Not the fork server's child: no second import of prefect to wait for.
+        assert json.loads(out) == process.pid
+
     def test_the_readme_example_runs_with_its_logs_on_stderr(self, lume: Any) -> None:
         done = lume("run", "examples/hello_flow.py", "-p", "name=LUME", "-p", "n=4")
         assert done.code == 0, done.err
@@ -108,6 +152,16 @@ class TestFlowRunErrors:
         assert done.out == ""
         (line,) = done.error_lines
         assert "flow 'failing' run failed" in line and "ValueError" in line and "boom" in line
+
+    def test_a_failed_tasks_traceback_names_the_flow_file_and_line(self, lume: Any, write: Write) -> None:
+        path = write("dividing_flow.py", DIVIDING_FLOW)
+        done = lume("run", str(path), "-p", "x=0")
+        assert done.code == FLOW_FAILED, done.err
+        # The task ran in a worker process, its code sent by value; the traceback
+        # Prefect logs there still points at the user's file.
+        assert f'File "{path.resolve()}", line 8, in divide' in done.err, done.err
+        assert "return 1 / x" in done.err
+        assert "<dynamic-code>" not in done.err
 
     def test_a_hanging_flow_times_out_exits_4_and_is_cancelled(self, lume: Any) -> None:
         started = time.monotonic()

@@ -65,6 +65,24 @@ class TestBackendSelection:
         finally:
             container.shutdown_resources()
 
+    def test_local_passes_its_worker_options(self) -> None:
+        container = create_container(
+            {"backend": "local", "local": {"max_workers": 1, "max_runs_per_worker": 3, "fork_first_worker": True}}
+        )
+        try:
+            backend = container.backend()
+            assert (backend.max_runs_per_worker, backend.fork_first_worker) == (3, True)
+        finally:
+            container.shutdown_resources()
+
+    def test_a_worker_option_without_isolation_is_refused_by_name(self) -> None:
+        container = create_container({"backend": "local", "local": {"isolated": False, "max_runs_per_worker": 3}})
+        try:
+            with pytest.raises(ValueError, match="max_runs_per_worker applies to isolated runs only"):
+                container.backend()
+        finally:
+            container.shutdown_resources()
+
     @pytest.mark.parametrize("kind, class_name", [("docker", "DockerBackend"), ("kubernetes", "KubernetesBackend")])
     def test_server_kinds_build_their_server_backend(self, kind: str, class_name: str) -> None:
         import lume_scheduling.adapters.server as server

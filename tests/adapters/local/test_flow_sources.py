@@ -141,34 +141,3 @@ class TestUnsendableFlows:
             isolated.run_and_return({}, flow=local_flows.unpicklable_result)
         assert "'unpicklable_value-1'" in str(caught.value) and "cannot be sent back" in str(caught.value)
         assert isolated.run_and_return({"x": 1}, None, "add", flow=flows.arithmetic_flow) == 3
-
-
-class TestPicklingOnce:
-    def test_a_flow_is_pickled_once_for_many_runs(self, isolated: LocalBackend, monkeypatch) -> None:
-        from lume_scheduling.adapters.local import _payload
-
-        calls = []
-        real = _payload.dumps_flow
-        monkeypatch.setattr(_payload, "dumps_flow", lambda *a: calls.append(a) or real(*a))
-        for x in range(5):
-            assert isolated.run_and_return({"x": x}, None, "add", flow=flows.arithmetic_flow) == x + 2
-        assert len(calls) == 1
-
-    def test_a_flow_that_gained_a_task_is_pickled_again(self, isolated: LocalBackend) -> None:
-        @task(name="plus_one")
-        def plus_one(x: int) -> int:
-            return x + 1
-
-        with Flow("growing") as growing:
-            x = Parameter("x")
-            plus_one(x)
-        assert isolated.run_and_return({"x": 1}, None, "plus_one", flow=growing) == 2
-        first = isolated._runtime.payloads.pickled(growing)
-        with growing:
-            plus_one(plus_one(x))
-        assert isolated.run_and_return({"x": 1}, None, "plus_one", flow=growing) == {
-            "plus_one-1": 2,
-            "plus_one-2": 2,
-            "plus_one-3": 3,
-        }
-        assert isolated._runtime.payloads.pickled(growing).token != first.token

@@ -7,11 +7,22 @@ import logging
 import os
 
 import pytest
+from prefect import Flow, task
 
 from lume_scheduling.adapters.local import LOGGER_NAME, LocalBackend
 from lume_scheduling.adapters.testing import flows
+from lume_scheduling.domain import FlowFailedError
 
 SECRET = "hunter2-not-for-logs"
+
+
+@task(name="divide_by_zero")
+def divide_by_zero() -> float:
+    return 1 / 0
+
+
+with Flow("dividing") as dividing_flow:
+    divide_by_zero()
 
 
 class TestForwardedRecords:
@@ -53,6 +64,17 @@ class TestForwardedRecords:
         errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
         assert errors and any("ValueError" in (record.exc_text or "") for record in errors)
         assert SECRET not in caplog.text
+
+    def test_a_traceback_from_a_worker_names_the_file_of_code_sent_by_value(
+        self, isolated: LocalBackend, caplog
+    ) -> None:
+        caplog.set_level(logging.INFO, logger=LOGGER_NAME)
+        with pytest.raises(FlowFailedError):
+            isolated.run({}, flow=dividing_flow)
+        tracebacks = [record.exc_text for record in caplog.records if record.exc_text]
+        # This module is loaded by path: its functions travel by value.
+        assert any(f'File "{__file__}", line' in text and "in divide_by_zero" in text for text in tracebacks), tracebacks
+        assert all("<dynamic-code>" not in text for text in tracebacks)
 
     def test_records_below_the_loggers_level_are_not_forwarded(
         self, isolated: LocalBackend, local_flows, caplog
