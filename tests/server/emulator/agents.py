@@ -102,6 +102,10 @@ class AgentHandle(ABC):
         """End the flow runs this agent started that still run (the agent goes on)."""
 
     @abstractmethod
+    def running(self, flow_run_id: str) -> bool:
+        """Whether a process (or container) of this agent still runs ``flow_run_id``."""
+
+    @abstractmethod
     def kill_flow_run(self, flow_run_id: str, timeout: float = 30.0) -> None:
         """The process (or container) running ``flow_run_id`` dies at once, writing
         nothing: what a crash, an OOM kill or a lost node looks like to the server.
@@ -240,13 +244,22 @@ class LocalAgentProcess(AgentHandle):
             except ProcessLookupError:
                 pass
 
+    def _runner_of(self, flow_run_id: str) -> Optional[int]:
+        for pid in self.runner_pids():
+            if _environ(pid).get("PREFECT__CONTEXT__FLOW_RUN_ID") == flow_run_id:
+                return pid
+        return None
+
+    def running(self, flow_run_id: str) -> bool:
+        return self._runner_of(flow_run_id) is not None
+
     def kill_flow_run(self, flow_run_id: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for pid in self.runner_pids():
-                if _environ(pid).get("PREFECT__CONTEXT__FLOW_RUN_ID") == flow_run_id:
-                    os.kill(pid, signal.SIGKILL)
-                    return
+            pid = self._runner_of(flow_run_id)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                return
             time.sleep(0.02)
         raise TimeoutError(f"no process of agent {self.name!r} runs flow run {flow_run_id}")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 CLIENT, AGENT, RUNNER, ANY = "client", "agent", "runner", "any"
 
@@ -36,13 +36,22 @@ class Faults:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._queue: List[Fault] = []
+        self._slow: Dict[str, Tuple[float, str]] = {}
         self.delay = 0.0
         self.delay_source = CLIENT
 
     def reset(self) -> None:
         with self._lock:
             self._queue.clear()
+            self._slow.clear()
         self.delay, self.delay_source = 0.0, CLIENT
+
+    def slow_down(self, operation: str, seconds: float, source: str = ANY) -> None:
+        """Requests of ``source`` asking for ``operation`` (a top-level field, e.g.
+        ``write_run_logs``) are answered ``seconds`` late: a slow network or a busy
+        server, to make an ordering that happens by chance happen every time."""
+        with self._lock:
+            self._slow[operation] = (seconds, source)
 
     def fail_next(self, count: int = 1, status: int = 500, body: str = "Internal Server Error", source: str = CLIENT) -> None:
         """The next ``count`` requests of ``source`` get HTTP ``status`` with ``body``."""
@@ -62,5 +71,12 @@ class Faults:
                     return self._queue.pop(index)
         return None
 
-    def delay_for(self, source: str) -> float:
-        return self.delay if self.delay_source in (source, ANY) else 0.0
+    def delay_for(self, source: str, operations: Sequence[str] = ()) -> float:
+        """Seconds to wait before answering a request of ``source`` for ``operations``."""
+        pause = self.delay if self.delay_source in (source, ANY) else 0.0
+        with self._lock:
+            for operation in operations:
+                seconds, target = self._slow.get(operation, (0.0, ""))
+                if target in (source, ANY):
+                    pause = max(pause, seconds)
+        return pause

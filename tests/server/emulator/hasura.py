@@ -90,8 +90,9 @@ class Hasura:
 
     Args:
         store: The tables.
-        on_rows: Called with (table, count) for every list of rows projected (the
-            emulator counts task run rows per request with it).
+
+    The ``counter`` the query methods take gets, per table, the number of rows
+    projected (the emulator counts task run rows per request with it).
     """
 
     def __init__(self, store: Store) -> None:

@@ -7,7 +7,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -33,6 +33,8 @@ class LoggedRequest:
     names: List[str]
     query: str
     task_runs: int = 0
+    status: int = 0
+    errors: List[str] = field(default_factory=list)
 
 
 class EmulatedServer:
@@ -175,9 +177,6 @@ class EmulatedServer:
 
     def _answer(self, body: bytes, headers: Dict[str, str]) -> Tuple[int, Any]:
         source = self._source(headers)
-        pause = self.faults.delay_for(source)
-        if pause:
-            time.sleep(pause)
         try:
             request = json.loads(body or b"{}")
             variables = request.get("variables") or {}
@@ -187,12 +186,18 @@ class EmulatedServer:
         except ValueError as err:
             return 400, {"errors": [{"message": f"bad request: {err}"}]}
         entry = LoggedRequest(source, _top_level(query), query)
+        pause = self.faults.delay_for(source, entry.names)
+        if pause:
+            time.sleep(pause)
         with self._log_lock:
             self.log.append(entry)
         fault = self.faults.take(source)
         if fault is not None:
+            entry.status = fault.status
             if fault.graphql_message is not None:
+                entry.errors = [fault.graphql_message]
                 return 200, {"errors": [{"message": fault.graphql_message}]}
+            entry.errors = [fault.body]
             return fault.status, {"message": fault.body}
         try:
             call = Request(query, variables, {k: v for k, v in headers.items() if k.startswith("x-prefect")})
@@ -200,7 +205,9 @@ class EmulatedServer:
             entry.task_runs = call.counted.get("task_run", 0)
         except Exception as err:  # an emulator bug shows as a server error, with its cause
             logger.exception("emulator error answering %s", entry.names)
-            return 500, {"errors": [{"message": f"emulator error: {err!r}"}]}
+            status, answer = 500, {"errors": [{"message": f"emulator error: {err!r}"}]}
+        entry.status = status
+        entry.errors = [str(e.get("message")) for e in answer.get("errors", [])]
         return status, answer
 
 
