@@ -60,12 +60,8 @@ IMAGE = CONFTEST.IMAGE
 seed_run = CONFTEST.seed_run
 EMULATOR = CONFTEST.emulator_module
 SECRET = "s3cr3t-token-value"
-# A crash is noticed by the server once heartbeats stop: short cut-offs here.
-CRASH_SETTINGS = EMULATOR.Settings.for_tests(
-    zombie_killer_loop_seconds=0.2, zombie_heartbeat_cutoff_seconds=2.0,
-    lazarus_loop_seconds=0.2, lazarus_heartbeat_cutoff_seconds=2.0, submitted_lock_seconds=1.0,
-)
-CRASH_RUNNER_ENV = {"PREFECT__CLOUD__HEARTBEAT_INTERVAL": "0.2"}
+# Lazarus may submit a run again 1 s after its last submission (30 s by default).
+CRASH_SETTINGS = EMULATOR.Settings.for_tests(submitted_lock_seconds=1.0)
 
 
 def _flow_run(emulator: Any, flow_run_id: str) -> Dict[str, Any]:
@@ -478,12 +474,12 @@ class TestFinalStates:
                        "(the zombie killer fails the task run, Lazarus reschedules, the rerun fails)")
     @pytest.mark.parametrize("kind", [DockerBackend, KubernetesBackend])
     def test_a_crashed_run_is_told_apart(self, kind: Any, make_emulator: Callable[..., Any]) -> None:
-        emulated = make_emulator(settings=CRASH_SETTINGS, agent_env=CRASH_RUNNER_ENV)
+        emulated = make_emulator(settings=CRASH_SETTINGS)
         with kind(emulated.config()) as backend:
             backend.create_project(PROJECT)
             flow_run_id = backend.run({"seconds": 30.0}, flow_id=backend.register_flow(flows.hanging_flow, PROJECT, no_url=True))
             _wait_for(lambda: _task_run_state(emulated, flow_run_id, "hang-1") == "Running", what="the task running")
-            emulated.agent.kill_flow_run(flow_run_id)
+            emulated.crash_flow_run(flow_run_id)
             assert backend.wait(flow_run_id, timeout=60) is FlowRunState.CRASHED
             with pytest.raises(FlowFailedError, match="crashed"):
                 backend.result(flow_run_id)

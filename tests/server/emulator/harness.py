@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence
 
@@ -96,6 +97,38 @@ class Emulated:
         )
         fields.update(overrides)
         return PrefectServerConfig(**fields)
+
+    def crash_flow_run(self, flow_run_id: str, notice_after: float = 3.0, timeout: float = 60.0) -> None:
+        """The process running ``flow_run_id`` dies, and the server notices it after
+        ``notice_after`` seconds rather than 10 minutes.
+
+        The zombie killer and Lazarus get cut-offs of ``notice_after`` seconds (and
+        turns every 0.2 s) from the moment of the kill until Lazarus has put the run
+        back to Scheduled; then the settings are restored, so that the rerun an agent
+        starts is not mistaken for a dead one while its process starts.
+
+        Raises:
+            TimeoutError: No agent runs it, or Lazarus did not reschedule it in time.
+        """
+        before = self.server.settings
+        agent = next((a for a in self.agents if a.running(flow_run_id)), None)
+        if agent is None:
+            raise TimeoutError(f"no agent runs flow run {flow_run_id}")
+        self.server.settings = before.replace(
+            zombie_killer_loop_seconds=0.2, zombie_heartbeat_cutoff_seconds=notice_after,
+            lazarus_loop_seconds=0.2, lazarus_heartbeat_cutoff_seconds=notice_after, services=True,
+        )
+        try:
+            agent.kill_flow_run(flow_run_id)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                run = self.store.get("flow_run", flow_run_id) or {}
+                if run.get("times_resurrected") and run.get("state") != "Running":
+                    return
+                time.sleep(0.05)
+            raise TimeoutError(f"Lazarus did not reschedule flow run {flow_run_id} within {timeout} s")
+        finally:
+            self.server.settings = before
 
     def reap(self) -> None:
         """End every flow run the agents started that still runs."""

@@ -117,8 +117,17 @@ class Hasura:
             if name.endswith("_aggregate"):
                 table = name[: -len("_aggregate")]
                 return self._aggregate(table, self.select(table, self.store.rows(table), args), field, variables, counter)
-            rows = self.select(name, self.store.rows(name), args)
+            rows = self.select(name, self._candidates(name, args.get("where") or {}), args)
             return self._project_rows(name, rows, field, variables, counter)
+
+    def _candidates(self, table: str, where: Dict[str, Any]) -> List[dict]:
+        """The rows ``where`` can match: through an index when it asks for one
+        foreign key's value (``{flow_run_id: {_eq: ...}}``), else all of them."""
+        for column, condition in where.items():
+            if (isinstance(condition, dict) and condition.get("_eq") is not None
+                    and schema.COLUMNS[table].get(column) == schema.UUID and column != "id"):
+                return self.store.where(table, **{column: coerce(schema.UUID, condition["_eq"])})
+        return self.store.rows(table)
 
     # ------------------------------------------------------------- selection
     def select(self, table: str, rows: List[dict], args: Dict[str, Any]) -> List[dict]:
@@ -185,7 +194,7 @@ class Hasura:
                     return False
             elif (table, key) in schema.ARRAY_RELATIONSHIPS:
                 target, column = schema.ARRAY_RELATIONSHIPS[(table, key)]
-                related = [r for r in self.store.tables[target].values() if r.get(column) == row["id"]]
+                related = self.store.where(target, **{column: row["id"]})
                 if not any(self.matches(target, r, condition) for r in related):
                     return False
             elif key in schema.COLUMNS[table]:
@@ -267,11 +276,11 @@ class Hasura:
                 out[key] = None if related is None else self.project(target, related, selection, variables, counter)
             elif (table, name) in schema.ARRAY_RELATIONSHIPS:
                 target, column = schema.ARRAY_RELATIONSHIPS[(table, name)]
-                related = [r for r in self.store.tables[target].values() if r.get(column) == row["id"]]
+                related = self.store.where(target, **{column: row["id"]})
                 out[key] = self._project_rows(target, self.select(target, related, args), selection, variables, counter)
             elif name.endswith("_aggregate") and (table, name[: -len("_aggregate")]) in schema.ARRAY_RELATIONSHIPS:
                 target, column = schema.ARRAY_RELATIONSHIPS[(table, name[: -len("_aggregate")])]
-                related = [r for r in self.store.tables[target].values() if r.get(column) == row["id"]]
+                related = self.store.where(target, **{column: row["id"]})
                 out[key] = self._aggregate(target, self.select(target, related, args), selection, variables, counter)
             elif name in schema.COLUMNS[table]:
                 if selection.selection_set is not None:

@@ -8,6 +8,7 @@ one is a transaction.
 
 from __future__ import annotations
 
+import datetime
 import json
 import random
 import threading
@@ -42,6 +43,13 @@ class NotFound(ValueError):
 
 def _load(serialized: Any) -> prefect_state.State:
     return _STATE_SCHEMA.load(serialized)
+
+
+def _interval(value: Any) -> Any:
+    """A serialized retry delay (seconds) as the ``interval`` column holds it."""
+    if value is None or isinstance(value, datetime.timedelta):
+        return value
+    return datetime.timedelta(seconds=float(value))
 
 
 def _json_or_none(value: Any) -> Any:
@@ -183,7 +191,7 @@ class Rules:
                     "task", id=str(task.get("id") or uuid.uuid4()), tenant_id=flow["tenant_id"], flow_id=flow_id,
                     name=task.get("name"), slug=task["slug"], type=task.get("type"),
                     max_retries=task.get("max_retries") or 0, tags=list(task.get("tags") or []),
-                    retry_delay=task.get("retry_delay"), trigger=trigger.get("fn") if isinstance(trigger, dict) else trigger,
+                    retry_delay=_interval(task.get("retry_delay")), trigger=trigger.get("fn") if isinstance(trigger, dict) else trigger,
                     auto_generated=bool(task.get("auto_generated", False)), cache_key=task.get("cache_key"),
                 )
             current = list(flow["serialized_flow"].get("tasks") or [])

@@ -71,8 +71,7 @@ class ZombieKiller:
                             "No heartbeat detected from the remote task; retrying the run."
                             f"This will be retry {retries + 1} of {task.get('max_retries')}."
                         )
-                        delay = task.get("retry_delay")
-                        start = store.now() + (delay if delay is not None and not isinstance(delay, str) else pendulum.duration())
+                        start = store.now() + (task.get("retry_delay") or pendulum.duration())
                         self.rules.set_task_run_state(
                             task_run["id"], prefect_state.Retrying(message=message, run_count=retries + 1, start_time=start)
                         )
@@ -142,12 +141,13 @@ class Lazarus:
                     continue
                 found.append(flow_run)
             for flow_run in sorted(found, key=lambda r: r["updated"])[:500]:
-                if flow_run["times_resurrected"] < limit:
+                times = flow_run["times_resurrected"]  # read before the update, as the server's query does
+                if times < limit:
                     self.rules.set_flow_run_state(flow_run["id"], prefect_state.Scheduled(message="Rescheduled by a Lazarus process."))
-                    store.update("flow_run", flow_run["id"], times_resurrected=flow_run["times_resurrected"] + 1)
+                    store.update("flow_run", flow_run["id"], times_resurrected=times + 1)
                     self.rules.create_logs([dict(
                         tenant_id=flow_run["tenant_id"], flow_run_id=flow_run["id"], name=f"prefect-server.{self.name}.FlowRun",
-                        message=f"Rescheduled by a Lazarus process. This is attempt {flow_run['times_resurrected'] + 1}.",
+                        message=f"Rescheduled by a Lazarus process. This is attempt {times + 1}.",
                         level="INFO",
                     )])
                     count += 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import threading
 import uuid
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 import pendulum
 
@@ -45,6 +45,15 @@ class Store:
         self.lock = threading.RLock()
         self.clock = clock or (lambda: pendulum.now("UTC"))
         self.tables: Dict[str, Dict[str, dict]] = {name: {} for name in schema.COLUMNS}
+        # Postgres' indexes on the foreign keys: {(table, column): {value: {row id}}}.
+        # Columns of rows are changed through `update` so that these stay right.
+        self._indexes: Dict[Tuple[str, str], Dict[Any, Set[str]]] = {
+            (table, column): {} for table, columns in schema.COLUMNS.items()
+            for column, kind in columns.items() if kind == schema.UUID and column != "id"
+        }
+        # server: initial_database_migration.py, task_run_unique_identifier_key
+        self._unique: Dict[str, Tuple[str, ...]] = {"task_run": ("flow_run_id", "task_id", "map_index")}
+        self._unique_rows: Dict[str, Dict[Tuple[Any, ...], str]] = {table: {} for table in self._unique}
         self.tenant_id = self.insert("tenant", name="default", slug="default")["id"]
 
     def now(self) -> pendulum.DateTime:
@@ -60,9 +69,37 @@ class Store:
             return self.tables[table].get(str(row_id)) if row_id is not None else None
 
     def where(self, table: str, **equal: Any) -> List[dict]:
-        """Rows whose columns equal the given values."""
+        """Rows whose columns equal the given values (through an index if one has them)."""
         with self.lock:
-            return [row for row in self.tables[table].values() if all(row.get(k) == v for k, v in equal.items())]
+            key = self._unique.get(table)
+            if key is not None and set(key) <= set(equal):
+                row_id = self._unique_rows[table].get(tuple(equal[c] for c in key))
+                found = [] if row_id is None else [self.tables[table][row_id]]
+                return [row for row in found if all(row.get(k) == v for k, v in equal.items())]
+            rows: Iterable[dict] = self.tables[table].values()
+            for column, value in equal.items():
+                index = self._indexes.get((table, column))
+                if index is not None:
+                    rows = [self.tables[table][row_id] for row_id in index.get(value, ())]
+                    break
+            return [row for row in rows if all(row.get(k) == v for k, v in equal.items())]
+
+    def _index(self, table: str, row: dict, add: bool) -> None:
+        key = self._unique.get(table)
+        if key is not None:
+            values = tuple(row.get(c) for c in key)
+            if add:
+                self._unique_rows[table][values] = row["id"]
+            elif self._unique_rows[table].get(values) == row["id"]:
+                del self._unique_rows[table][values]
+        for (indexed, column), index in self._indexes.items():
+            if indexed != table:
+                continue
+            ids = index.setdefault(row.get(column), set())
+            if add:
+                ids.add(row["id"])
+            else:
+                ids.discard(row["id"])
 
     def insert(self, table: str, **values: Any) -> dict:
         """Insert a row (column defaults filled in) and run the table's insert triggers."""
@@ -78,6 +115,7 @@ class Store:
                 row["created"] = row["updated"] = now
             row.update(copy.deepcopy(values))
             self.tables[table][row["id"]] = row
+            self._index(table, row, add=True)
             trigger = getattr(self, f"_after_insert_{table}", None)
             if trigger is not None:
                 trigger(row)
@@ -89,7 +127,9 @@ class Store:
             row = self.tables[table].get(str(row_id))
             if row is None:
                 return None
+            self._index(table, row, add=False)
             row.update(copy.deepcopy(values))
+            self._index(table, row, add=True)
             # server: initial_database_migration.py, set_updated_timestamp (BEFORE UPDATE)
             if "updated" in row:
                 row["updated"] = self.now()
@@ -97,7 +137,13 @@ class Store:
 
     def delete(self, table: str, row_ids: Iterable[str]) -> int:
         with self.lock:
-            return sum(self.tables[table].pop(str(row_id), None) is not None for row_id in list(row_ids))
+            deleted = 0
+            for row_id in list(row_ids):
+                row = self.tables[table].pop(str(row_id), None)
+                if row is not None:
+                    self._index(table, row, add=False)
+                    deleted += 1
+            return deleted
 
     def reset(self, keep_agents: bool = True) -> None:
         """Empty every table but the tenant (and, by default, the agent rows, which a
@@ -107,12 +153,16 @@ class Store:
                 if table == "tenant" or (keep_agents and table in ("agent", "agent_config")):
                     continue
                 rows.clear()
+                self._unique_rows.get(table, {}).clear()
+                for (indexed, _column), index in self._indexes.items():
+                    if indexed == table:
+                        index.clear()
 
     # -------------------------------------------------------------- triggers
     def _after_insert_flow_run(self, run: dict) -> None:
         # server: services/postgres/alembic/versions/2020-06-24T092037_initial_database_migration.py,
         # insert_task_runs_after_flow_run_insert: one Pending task run per task of the flow
-        for task in [t for t in self.tables["task"].values() if t["flow_id"] == run["flow_id"]]:
+        for task in self.where("task", flow_id=run["flow_id"]):
             task_run = self.insert(
                 "task_run", tenant_id=run["tenant_id"], flow_run_id=run["id"], task_id=task["id"],
                 cache_key=task["cache_key"], map_index=-1,
