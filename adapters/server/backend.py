@@ -504,14 +504,33 @@ class ServerBackend(Backend):
     def _cancel(self, flow_run_id: str) -> bool:
         if self._get_state(flow_run_id).is_final:
             return False
-        with self._translated("cancel", flow_run_id=flow_run_id):
-            self._client.cancel_flow_run(flow_run_id=flow_run_id)
         logger.info("cancelling flow run %s", flow_run_id, extra={"flow_run_id": flow_run_id})
-        # The agent stops the run and writes Cancelled; wait for it, within reason.
-        state = self._wait(flow_run_id, self._config.cancel_timeout)
-        if state.is_final:
-            return state is FlowRunState.CANCELLED
-        return True
+        deadline = time.monotonic() + self._config.cancel_timeout
+        while True:
+            with self._translated("cancel", flow_run_id=flow_run_id):
+                self._client.cancel_flow_run(flow_run_id=flow_run_id)
+            # Prefect's runner notices Cancelling and writes Cancelled; wait for it, within
+            # reason. Prefect Server keeps no version lock, so an agent's Submitted or a
+            # runner's Running written a moment after the cancel replaces it: then cancel again.
+            while True:
+                state = self._wait(flow_run_id, max(0.0, min(1.0, deadline - time.monotonic())))
+                if state.is_final:
+                    return state is FlowRunState.CANCELLED
+                if time.monotonic() >= deadline:
+                    return True
+                if self._server_state(flow_run_id) != "Cancelling":
+                    break
+
+    def _server_state(self, flow_run_id: str) -> Optional[str]:
+        """The name of the run's state on the server (``Cancelling``, ``Submitted``...)."""
+        data = self._query(
+            "query($id: uuid!) { flow_run_by_pk(id: $id) { state } }", {"id": flow_run_id}, "cancel",
+            flow_run_id=flow_run_id,
+        )
+        run = data.get("flow_run_by_pk")
+        if run is None:
+            raise FlowRunNotFoundError(flow_run_id)
+        return run.get("state")
 
     # ------------------------------------------------------------ shared helpers
 

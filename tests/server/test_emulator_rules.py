@@ -205,6 +205,32 @@ class TestAnswers:
     def test_hello(self, api: Api) -> None:
         assert api.post("query { hello }") == (200, {"data": {"hello": "👋"}})
 
+    def test_task_run_info_is_read_and_created_as_the_runner_asks(self, api: Api) -> None:
+        # server: src/prefect_server/graphql/runs.py, get_task_run_info and get_or_create_task_run_info
+        flow_id = api.register(flows.mapped_flow)
+        flow_run_id = api.run(flow_id)
+        parent = api.task_runs(flow_run_id)["square-1"]
+        assert isinstance(api.client.get_task_run_state(parent["id"]), prefect_state.Pending)
+        child = api.client.get_task_run_info(flow_run_id, parent["task_id"], map_index=2)
+        assert child.id != parent["id"] and child.version == 0 and isinstance(child.state, prefect_state.Pending)
+        assert api.client.get_task_run_info(flow_run_id, parent["task_id"], map_index=2).id == child.id
+        with pytest.raises(ClientError, match="Invalid task ID"):
+            api.client.get_task_run_info(flow_run_id, str(uuid.uuid4()))
+        with pytest.raises(ClientError, match="Invalid task run ID"):
+            api.client.get_task_run_state(str(uuid.uuid4()))
+
+    def test_heartbeats_are_recorded_and_always_answered_with_success(self, api: Api) -> None:
+        # server: src/prefect_server/graphql/runs.py, resolve_update_flow_run_heartbeat (a background task)
+        flow_run_id = api.run(api.register())
+        assert api.flow_run(flow_run_id)["heartbeat"] is None
+        api.client.update_flow_run_heartbeat(flow_run_id)
+        assert api.flow_run(flow_run_id)["heartbeat"] is not None
+        api.client.update_flow_run_heartbeat(str(uuid.uuid4()))  # no error for an unknown run
+        task_run_id = api.task_runs(flow_run_id)["add-1"]["id"]
+        _, answer = api.post("mutation { update_task_run_heartbeat(input: {task_run_id: \"%s\"}) { success } }" % task_run_id)
+        assert answer == {"data": {"update_task_run_heartbeat": {"success": True}}}
+        assert api.store.get("task_run", task_run_id)["heartbeat"] is not None
+
 
 class TestCancel:
     # server: src/prefect_server/api/states.py, cancel_flow_run

@@ -515,6 +515,30 @@ class TestTimeoutAndCancel:
         assert not backend.get_state(raised.value.flow_run_id).is_final
         assert backend.cancel(raised.value.flow_run_id) is True
 
+    def test_a_cancel_replaced_by_a_late_submission_is_sent_again(self, backend: Any, register: Callable[..., str], emulator: Any) -> None:
+        # Prefect Server keeps no version lock: an agent that took the run just before the
+        # cancel writes Submitted just after it, and Cancelled is gone
+        flow_run_id = backend.run(flow_id=register(flows.hanging_flow), labels=["no-agent-has-this"])
+        rules = emulator.server.rules
+        cancel = rules.cancel_flow_run
+        cancels = []
+
+        def cancel_then_submitted(run_id: str, state_message: Any = None) -> Any:
+            answer = cancel(run_id, state_message)
+            if not cancels:
+                rules.set_flow_run_state(run_id, prefect_state.Submitted("Submitted for execution"))
+            cancels.append(answer["state"])
+            return answer
+
+        rules.cancel_flow_run = cancel_then_submitted
+        try:
+            assert backend.cancel(flow_run_id) is True
+        finally:
+            rules.cancel_flow_run = cancel
+        assert cancels == ["Cancelled", "Cancelled"]
+        assert _flow_run(emulator, flow_run_id)["state"] == "Cancelled"
+        assert backend.get_state(flow_run_id) is FlowRunState.CANCELLED
+
     def test_the_seed_default_time_out_is_one_minute(self) -> None:
         import inspect
 
