@@ -15,6 +15,7 @@ answer their payload types only (``create_flow_run { id }``), never whole rows.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import uuid
@@ -23,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pendulum
 import prefect
-from graphql import FieldNode, GraphQLError, OperationDefinitionNode, parse
+from graphql import DocumentNode, FieldNode, GraphQLError, OperationDefinitionNode, parse
 from prefect.serialization.state import StateSchema
 from prefect.utilities.graphql import decompress
 
@@ -99,6 +100,12 @@ PAYLOADS: Dict[str, Dict[str, Optional[str]]] = {
     "api_info": {"backend": None, "mode": None, "version": None, "core_version": None, "release_timestamp": None},
     "mapped_children_payload": {"min_start_time": None, "max_end_time": None, "state_counts": None},
 }
+
+
+@functools.lru_cache(maxsize=512)
+def parse_query(query: str) -> DocumentNode:
+    """The parsed document (agents and runners send the same few queries again and again)."""
+    return parse(query)
 
 
 class RequestError(Exception):
@@ -181,7 +188,7 @@ class Routes:
     def execute(self, request: Request) -> Tuple[int, Dict[str, Any]]:
         """(HTTP status, answer) for one request."""
         try:
-            document = parse(request.query)
+            document = parse_query(request.query)
         except GraphQLError as err:
             return 400, {"errors": [{"message": f"Syntax Error: {err.message}"}]}
         operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Tuple
 
-from graphql import FieldNode, OperationDefinitionNode, parse
+from graphql import FieldNode, OperationDefinitionNode
 
 from .faults import AGENT, CLIENT, RUNNER, Faults
 from .hasura import Hasura
-from .routes import Request, Routes
+from .routes import Request, Routes, parse_query
 from .rules import Rules
 from .services import Towel
 from .settings import Settings
@@ -213,7 +213,7 @@ class EmulatedServer:
 
 def _top_level(query: str) -> List[str]:
     try:
-        document = parse(query)
+        document = parse_query(query)
     except Exception:
         return ["<unparsable>"]
     names = []
