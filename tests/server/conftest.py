@@ -69,7 +69,10 @@ class EmulatorPool:
             except RuntimeError:
                 self._shared.pop(agent_kind.key).close()
                 raise
-        return self._shared[agent_kind.key]
+        emulated = self._shared[agent_kind.key]
+        if not emulated.agent.alive():
+            raise RuntimeError(f"the shared {agent_kind.key} agent has died:\n{emulated.agent.output()}")
+        return emulated
 
     def threads(self) -> List[threading.Thread]:
         return [thread for emulated in self._shared.values() for thread in emulated.threads()]
