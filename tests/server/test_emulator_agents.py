@@ -16,7 +16,6 @@ import time
 from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
-from prefect.engine import state as prefect_state
 from prefect.run_configs import DockerRun
 
 from lume_scheduling.adapters.server import DockerBackend

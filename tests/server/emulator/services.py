@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import pendulum
 from prefect.engine import state as prefect_state
