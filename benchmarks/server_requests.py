@@ -1,7 +1,9 @@
 """HTTP requests of one ``run_and_return`` of a 10-task flow on a Prefect Server backend.
 
-Counts, in the emulated Prefect Server of ``tests/server/emulator.py`` (real HTTP,
-real prefect Client, flows run by the emulated agent), the requests made by:
+Counts, in the emulated Prefect Server of ``tests/server/emulator/`` (real HTTP,
+real prefect Client, flows run by prefect's own LocalAgent and ``prefect execute
+flow-run``), the requests made by (the agent's and the runners' own requests are
+not counted):
 
 - ours: ``DockerBackend.run_and_return(flow_id=...)`` with the default
   `PrefectServerConfig` polling settings;
@@ -22,7 +24,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Tuple
@@ -37,8 +41,9 @@ PROJECT = "benchmark"
 
 
 def _emulator() -> Any:
-    name = "lume_scheduling_tests_server_emulator"
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "server" / "emulator.py")
+    name = "lume_scheduling_tests_emulator"
+    path = ROOT / "tests" / "server" / "emulator" / "__init__.py"
+    spec = importlib.util.spec_from_file_location(name, path, submodule_search_locations=[str(path.parent)])
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -52,8 +57,9 @@ def step(total: float, seconds: float) -> float:
     return total + 1
 
 
-# Ten chained tasks; the emulated agent forks this process, so "__main__" is importable there.
-with Flow("ten-tasks", storage=Module(__name__), result=PrefectResult()) as ten_task_flow:
+# Ten chained tasks; the flow runs' processes import this file as `server_requests`
+# (the agent puts benchmarks/ on their PYTHONPATH).
+with Flow("ten-tasks", storage=Module("server_requests"), result=PrefectResult()) as ten_task_flow:
     seconds = Parameter("seconds", default=0.0)
     total: Any = 0.0
     for _ in range(10):
@@ -107,9 +113,9 @@ def main() -> None:
     emulator = _emulator()
     from lume_scheduling.adapters.server import DockerBackend, PrefectServerConfig
 
-    store = emulator.Store()
-    server = emulator.EmulatedServer(store).start()
-    agent = emulator.EmulatedAgent(store).start()
+    workdir = Path(tempfile.mkdtemp(prefix="server-requests-"))
+    emulated = emulator.Emulated(workdir, emulator.LocalAgentKind(import_paths=[ROOT / "benchmarks"]))
+    server = emulated.server
     try:
         config = PrefectServerConfig(api_url=server.url, default_image="ghcr.io/slac-ml/lume-services:1.0")
         with DockerBackend(config) as backend:
@@ -128,8 +134,8 @@ def main() -> None:
                 print(f"{label:<28}{'ours, 1st':<10}{first:>9}")
                 print(f"{'':<28}ours/original = {mine / theirs:.2f} (first call {first / theirs:.2f})")
     finally:
-        agent.stop()
-        server.stop()
+        emulated.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,7 @@ class _Tracked:
     agent_checked: bool = False
     final_run: Optional[Dict[str, Any]] = None
     created: Optional[float] = None
+    server_state: Optional[str] = None  # the Prefect state's type at the last poll
 
 
 @dataclass(frozen=True)
@@ -416,7 +417,9 @@ class ServerBackend(Backend):
         if run is None:
             raise FlowRunNotFoundError(flow_run_id)
         self._stream_logs(flow_run_id, tracked, run.get("logs") or [])
-        state = flow_run_state(_deserialize(run.get("serialized_state")))
+        prefect_run_state = _deserialize(run.get("serialized_state"))
+        tracked.server_state = type(prefect_run_state).__name__
+        state = flow_run_state(prefect_run_state)
         if state.is_final:
             tracked.final_run = run  # read once by the result that follows
         return self._remember(flow_run_id, state), list(run.get("labels") or [])
@@ -526,14 +529,28 @@ class ServerBackend(Backend):
     def _cancel(self, flow_run_id: str) -> bool:
         if self._get_state(flow_run_id).is_final:
             return False
-        with self._translated("cancel", flow_run_id=flow_run_id):
-            self._client.cancel_flow_run(flow_run_id=flow_run_id)
         logger.info("cancelling flow run %s", flow_run_id, extra={"flow_run_id": flow_run_id})
-        # The agent stops the run and writes Cancelled; wait for it, within reason.
-        state = self._wait(flow_run_id, self._config.cancel_timeout)
-        if state.is_final:
-            return state is FlowRunState.CANCELLED
-        return True
+        deadline = time.monotonic() + self._config.cancel_timeout
+        tracked = self._track(flow_run_id)
+        # Prefect's runner notices Cancelling and writes Cancelled; wait for it, within
+        # reason. Prefect Server keeps no version lock: an agent's Submitted or a runner's
+        # Running written just after the cancel replaces it, so the cancel is sent again
+        # whenever the run is seen neither ended nor Cancelling. The first polls come
+        # quickly: such a write lands within a second, before the run's process starts.
+        interval = min(self._config.poll_interval, 0.1)
+        while True:
+            with self._translated("cancel", flow_run_id=flow_run_id):
+                self._client.cancel_flow_run(flow_run_id=flow_run_id)
+            while True:
+                time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
+                state, _labels = self._poll(flow_run_id)
+                if state.is_final:
+                    return state is FlowRunState.CANCELLED
+                if time.monotonic() >= deadline:
+                    return True
+                interval = min(interval * self._config.poll_backoff, self._config.poll_max_interval)
+                if tracked.server_state != "Cancelling":
+                    break
 
     # ------------------------------------------------------------ shared helpers
 

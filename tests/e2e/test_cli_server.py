@@ -2,9 +2,9 @@
 address flows and flow runs by id work across processes (each command is its
 own process, as a user's shell would run them).
 
-The emulator (real HTTP, real ``prefect.Client``, an agent that runs flows with
-prefect's FlowRunner) lives with the server backend's tests, in
-``tests/server/emulator.py``; it is loaded by path.
+The emulated Prefect Server lives with the server backend's tests, in the
+package ``tests/server/emulator/`` (loaded by path); the flow runs are executed
+by prefect's own LocalAgent and ``prefect execute flow-run``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-EMULATOR = REPO / "tests" / "server" / "emulator.py"
+EMULATOR = REPO / "tests" / "server" / "emulator" / "__init__.py"
 FLOWS = "lume_scheduling.adapters.testing.flows"
 IMAGE = "ghcr.io/slac-ml/lume-services:1.0"
 
@@ -26,23 +26,28 @@ pytestmark = pytest.mark.skipif(not EMULATOR.exists(), reason="the emulated Pref
 
 
 def _emulator_module() -> Any:
-    name = "lume_scheduling_tests_server_emulator"
+    name = "lume_scheduling_tests_emulator"  # as tests/server/conftest.py loads it
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EMULATOR)
+        spec = importlib.util.spec_from_file_location(name, EMULATOR, submodule_search_locations=[str(EMULATOR.parent)])
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses and pickling look classes up here
+        sys.modules[name] = module  # its submodules look it up here
         spec.loader.exec_module(module)
     return sys.modules[name]
 
 
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """An emulated server and a LocalAgent for this module's tests (one agent start)."""
+    running = _emulator_module().Emulated(tmp_path_factory.mktemp("emulator"))
+    yield running
+    running.close()
+
+
 @pytest.fixture
-def server(write: Any) -> Iterator[Path]:
-    """A running emulated server and agent; yields a settings file for the docker backend."""
-    emulator = _emulator_module()
-    store = emulator.Store()
-    http = emulator.EmulatedServer(store).start()
-    agent = emulator.EmulatedAgent(store).start()
+def server(write: Any, emulated: Any) -> Iterator[Path]:
+    """The emulated server, fresh; yields a settings file for the docker backend."""
+    http = emulated.server
     try:
         yield write(
             "server.yaml",
@@ -56,10 +61,10 @@ def server(write: Any) -> Iterator[Path]:
             "  cancel_timeout: 10\n",
         )
     finally:
-        agent.stop()
-        http.stop()
+        emulated.reset()
 
 
+@pytest.mark.real_agent
 class TestServerCommands:
     def test_register_submit_status_and_result_across_processes(self, lume: Any, server: Path) -> None:
         config = ["--config", str(server)]
@@ -82,8 +87,10 @@ class TestServerCommands:
         (line,) = done.error_lines
         assert "did not finish within 2 s; it was cancelled" in line
         assert "registered flow 'hanging' in project 'lume'" in done.err
-        # The run's own log lines, read from the server, are shown as they come.
-        assert "] Beginning Flow run for 'hanging'" in done.err
+        # The run's own log lines, read from the server, are shown as they come: here the
+        # agent's (prefect's runner ships its lines when its process ends, after the
+        # final state; tests/server/test_server_backend.py has that case, issue 10).
+        assert "] Submitted for execution: PID: " in done.err
 
     def test_unknown_run_ids_are_not_found(self, lume: Any, server: Path) -> None:
         done = lume("--config", str(server), "cancel", "00000000-0000-0000-0000-000000000000")

@@ -41,8 +41,8 @@ class TestUnknownAndMissingParameters:
         with pytest.raises(FlowParameterError):
             docker.submit({"nope": 1}, flow_id=flow_id)
         assert _runs(emulator) == before
-        # The same call through prefect's own client creates a run: the check is ours.
-        docker._client.create_flow_run(flow_id=flow_id, parameters={"nope": 1})
+        # The same run asked of the server itself is created: the check is ours.
+        emulator.server.rules.create_flow_run(flow_id=flow_id, parameters={"nope": 1}, labels=["no-agent-has-this"])
         assert _runs(emulator) == before + 1
 
     def test_a_missing_required_parameter_is_refused_before_the_server_sees_it(
@@ -62,10 +62,10 @@ class TestUnknownAndMissingParameters:
     ) -> None:
         flow_id = docker.register_flow(flows.required_flow, PROJECT, no_url=True)
         group = emulator.store.tables["flow"][flow_id]["flow_group_id"]
-        emulator.store.flow_group_defaults[group] = {"x": 5}
+        emulator.store.update("flow_group", group, default_parameters={"x": 5})
         assert docker.run_and_return({}, task_name="multiply", flow_id=flow_id, timeout=30) == 10
         # Read afresh each time: the defaults can change between runs.
-        emulator.store.flow_group_defaults[group] = {}
+        emulator.store.update("flow_group", group, default_parameters={})
         with pytest.raises(FlowParameterError, match="needs parameter 'x'"):
             docker.run({}, flow_id=flow_id)
 

@@ -1,8 +1,11 @@
-"""DockerBackend and KubernetesBackend against the emulated Prefect Server.
+"""DockerBackend and KubernetesBackend against the emulated Prefect Server, their
+flow runs executed by prefect's own LocalAgent and ``prefect execute flow-run``.
 
 Grouped by use case: configuration, registering flows, mapping run configs,
 following runs and reading results, final states, time-outs and cancellation,
-faults of the server, and the absence of global state.
+faults of the server, and the absence of global state. Tests marked
+``xfail(strict=True, reason="issue 10: ...")`` state what a user should get on a
+real server where the adapter does not do it yet.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Dict
@@ -53,11 +57,32 @@ CONFTEST = sys.modules[next(name for name in sys.modules if name.endswith("serve
 PROJECT = CONFTEST.PROJECT
 IMAGE = CONFTEST.IMAGE
 seed_run = CONFTEST.seed_run
+EMULATOR = CONFTEST.emulator_module
 SECRET = "s3cr3t-token-value"
+# Lazarus may submit a run again 1 s after its last submission (30 s by default).
+CRASH_SETTINGS = EMULATOR.Settings.for_tests(submitted_lock_seconds=1.0)
 
 
 def _flow_run(emulator: Any, flow_run_id: str) -> Dict[str, Any]:
     return emulator.store.tables["flow_run"][flow_run_id]
+
+
+def _wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"{what} not reached within {timeout} s")
+
+
+def _task_run_state(emulator: Any, flow_run_id: str, slug: str) -> Any:
+    task_ids = {t["id"] for t in emulator.store.rows("task") if t["slug"] == slug}
+    for run in emulator.store.where("task_run", flow_run_id=flow_run_id):
+        if run["task_id"] in task_ids and run["map_index"] == -1:
+            return run["state"]
+    return None
 
 
 @task(name="identity")
@@ -67,12 +92,14 @@ def identity(x: Any) -> Any:
 
 NO_STORAGE_MODULE = """
 from prefect import Flow, Parameter, task
+from prefect.engine.results import PrefectResult
 
 @task(name="identity")
 def identity(x):
     return x
 
-with Flow("no-storage") as no_storage_flow:
+# no storage; a result, so that a Prefect Server keeps the value
+with Flow("no-storage", result=PrefectResult()) as no_storage_flow:
     identity(Parameter("x", default=5))
 """
 
@@ -150,6 +177,7 @@ class TestRunConfigMapping:
             to_prefect_run_config(LocalRunConfig())
 
 
+@pytest.mark.real_agent
 class TestRegistration:
     def test_labels_replace_the_flows_labels_and_the_callers_flow_is_untouched(
         self, backend: Any, register: Callable[..., str], emulator: Any
@@ -189,11 +217,11 @@ class TestRegistration:
         register: Callable[..., str],
         emulator: Any,
         monkeypatch: pytest.MonkeyPatch,
-        tmp_path: Path,
     ) -> None:
         name = "lume_scheduling_tests_no_storage"
-        (tmp_path / f"{name}.py").write_text(NO_STORAGE_MODULE)
-        monkeypatch.syspath_prepend(str(tmp_path))
+        # the flow runs' processes import it from the agent's import path
+        (emulator.import_dir / f"{name}.py").write_text(NO_STORAGE_MODULE)
+        monkeypatch.syspath_prepend(str(emulator.import_dir))
         monkeypatch.delitem(sys.modules, name, raising=False)
         module = importlib.import_module(name)
         monkeypatch.setitem(sys.modules, name, module)  # removed again after the test
@@ -228,6 +256,7 @@ class TestRegistration:
             backend.load_flow("arithmetic", "other-project")
 
 
+@pytest.mark.real_agent
 class TestRunning:
     def test_project_name_env_is_merged_into_the_callers_env(
         self, backend: Any, register: Callable[..., str], emulator: Any
@@ -270,26 +299,41 @@ class TestRunning:
         assert all(SECRET not in record.getMessage() for record in caplog.records)
 
     def test_bad_parameters_are_a_value_error_naming_them(
-        self, backend: Any, register: Callable[..., str]
+        self, backend: Any, register: Callable[..., str], emulator: Any
     ) -> None:
         flow_id = register(flows.arithmetic_flow)
         with pytest.raises(ValueError, match="has no parameter 'nope'"):
             backend.run({"nope": 1}, flow_id=flow_id)
+        assert not emulator.store.rows("flow_run")
 
 
+@pytest.mark.real_agent
 class TestFollowingARun:
     def test_logs_of_the_run_go_to_our_logger_tagged_with_the_run_id(
         self, backend: Any, register: Callable[..., str], caplog: pytest.LogCaptureFixture
     ) -> None:
         caplog.set_level(logging.INFO, logger="lume_scheduling.server")
-        flow_id = register(flows.arithmetic_flow)
-        flow_run_id = backend.run(flow_id=flow_id)
-        backend.wait(flow_run_id, timeout=20)
+        flow_id = register(flows.hanging_flow)
+        flow_run_id = backend.run({"seconds": 1.0}, flow_id=flow_id)
+        backend.wait(flow_run_id, timeout=30)
         streamed = [r for r in caplog.records if getattr(r, "flow_run_id", None) == flow_run_id]
-        messages = " ".join(r.getMessage() for r in streamed)
-        assert "Beginning flow run" in messages
-        assert "Task 'add': Finished task run" in messages
+        # the agent's line, written while the run goes on
+        assert "Submitted for execution: PID: " in " ".join(r.getMessage() for r in streamed)
         assert all(r.name == "lume_scheduling.server" for r in streamed)
+
+    @pytest.mark.xfail(strict=True, reason="issue 10: reading logs after the final state "
+                       "(prefect ships a run's last log batch after its final state)")
+    def test_log_lines_that_arrive_after_the_final_state_are_not_lost(
+        self, backend: Any, register: Callable[..., str], emulator: Any, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO, logger="lume_scheduling.server")
+        # the runner's batches land a second late: every one after the final state
+        emulator.server.faults.slow_down("write_run_logs", 1.0, source=EMULATOR.RUNNER)
+        flow_run_id = backend.run(flow_id=register(flows.arithmetic_flow))
+        assert backend.wait(flow_run_id, timeout=30) is FlowRunState.SUCCESS
+        backend.get_result(flow_run_id)
+        messages = " ".join(r.getMessage() for r in caplog.records if getattr(r, "flow_run_id", None) == flow_run_id)
+        assert "Task 'add': Finished task run" in messages
 
     def test_one_query_reads_every_task_run_and_final_states_are_not_asked_again(
         self, backend: Any, register: Callable[..., str], emulator: Any
@@ -329,9 +373,10 @@ class TestFollowingARun:
         start = emulator.server.request_count
         assert backend.result(flow_run_id, "square") == [i * i for i in range(count)]
         asked = emulator.server.requests[start:]
-        # the state query brings the ended run with its first 1000 task runs, then one more page
+        # the state query brings the ended run with its first 1000 task runs, then one more
+        # page (the children, the mapped parent and the parameter's task run)
         assert asked == [["flow_run_by_pk"], ["task_run"]]
-        assert emulator.server.task_runs_returned[start:] == [1000, count + 1 - 1000]
+        assert emulator.server.task_runs_returned[start:] == [1000, count + 2 - 1000]
 
     def test_only_the_selected_tasks_results_are_read(
         self, backend: Any, register: Callable[..., str], emulator: Any, caplog: pytest.LogCaptureFixture, tmp_path: Path
@@ -355,14 +400,11 @@ class TestFollowingARun:
             backend.result(flow_run_id, "multiply")
         assert "multiply-1 cannot be read" in caplog.text
 
-    def test_a_flow_that_keeps_no_values_gives_empty_results(self, make_emulator: Callable[..., Any]) -> None:
-        emulated = make_emulator(default_result=None)  # an agent as it really is
-        with DockerBackend(emulated.config()) as backend:
-            backend.create_project(PROJECT)
-            flow_id = backend.register_flow(flows.unkept_flow, PROJECT, no_url=True)
-            with pytest.raises(EmptyResultError):
-                backend.run_and_return(flow_id=flow_id, task_name="add")
-            assert backend.run_and_return(flow_id=flow_id)["add-1"] is None
+    def test_a_flow_that_keeps_no_values_gives_empty_results(self, docker: DockerBackend) -> None:
+        flow_id = docker.register_flow(flows.unkept_flow, PROJECT, no_url=True)
+        with pytest.raises(EmptyResultError):
+            docker.run_and_return(flow_id=flow_id, task_name="add")
+        assert docker.run_and_return(flow_id=flow_id)["add-1"] is None
 
     def test_unknown_task_lists_the_tasks(self, backend: Any, register: Callable[..., str]) -> None:
         with pytest.raises(TaskNotInFlowError, match="add_more"):
@@ -381,6 +423,7 @@ class TestFollowingARun:
         assert "no agent with labels ['nobody-has-this']" in caplog.text
 
 
+@pytest.mark.real_agent
 class TestFinalStates:
     @pytest.mark.parametrize(
         "state, expected",
@@ -413,15 +456,19 @@ class TestFinalStates:
         with pytest.raises(FlowRunCancelledError):
             backend.result(flow_run_id)
 
-    def test_a_crashed_run_is_told_apart(self, backend: Any, register: Callable[..., str], emulator: Any) -> None:
-        flow_run_id = backend.run({"seconds": 30.0}, flow_id=register(flows.hanging_flow))
-        deadline = threading.Event()
-        while _flow_run(emulator, flow_run_id)["state"] != "Running" and not deadline.wait(0.02):
-            pass
-        emulator.agent.crash(flow_run_id)
-        assert backend.wait(flow_run_id, timeout=10) is FlowRunState.CRASHED
-        with pytest.raises(FlowFailedError, match="crashed"):
-            backend.result(flow_run_id)
+    @pytest.mark.xfail(strict=True, reason="issue 10: crash reporting from what the server writes "
+                       "(the zombie killer fails the task run, Lazarus reschedules, the rerun fails)")
+    @pytest.mark.parametrize("kind", [DockerBackend, KubernetesBackend])
+    def test_a_crashed_run_is_told_apart(self, kind: Any, make_emulator: Callable[..., Any]) -> None:
+        emulated = make_emulator(settings=CRASH_SETTINGS)
+        with kind(emulated.config()) as backend:
+            backend.create_project(PROJECT)
+            flow_run_id = backend.run({"seconds": 30.0}, flow_id=backend.register_flow(flows.hanging_flow, PROJECT, no_url=True))
+            _wait_for(lambda: _task_run_state(emulated, flow_run_id, "hang-1") == "Running", what="the task running")
+            emulated.crash_flow_run(flow_run_id)
+            assert backend.wait(flow_run_id, timeout=60) is FlowRunState.CRASHED
+            with pytest.raises(FlowFailedError, match="crashed"):
+                backend.result(flow_run_id)
 
     def test_a_timed_out_run(self, backend: Any, register: Callable[..., str], emulator: Any) -> None:
         flow_run_id = seed_run(emulator, register(flows.arithmetic_flow), prefect_state.TimedOut("too slow"))
@@ -430,6 +477,7 @@ class TestFinalStates:
             backend.result(flow_run_id)
 
 
+@pytest.mark.real_agent
 class TestTimeoutAndCancel:
     def test_time_out_cancels_and_stops_the_run_on_the_agent(
         self, backend: Any, register: Callable[..., str], emulator: Any
@@ -440,8 +488,8 @@ class TestTimeoutAndCancel:
         error = raised.value
         assert error.cancelled is True
         assert backend.get_state(error.flow_run_id) is FlowRunState.CANCELLED
-        emulator.agent.threads[error.flow_run_id].join(5)
-        assert not emulator.agent.processes[error.flow_run_id].is_alive()
+        # nothing killed it: prefect's runner saw the cancel and ended on its own
+        _wait_for(lambda: not emulator.agent.running(error.flow_run_id), what="the flow run's process ending")
 
     def test_time_out_without_cancel_leaves_the_run_going(
         self, backend: Any, register: Callable[..., str], emulator: Any
@@ -450,8 +498,32 @@ class TestTimeoutAndCancel:
         with pytest.raises(FlowRunTimeoutError) as raised:
             backend.run_and_return({"seconds": 60.0}, flow_id=flow_id, timeout=0.3, cancel_on_timeout=False)
         assert raised.value.cancelled is False
-        assert backend.get_state(raised.value.flow_run_id) is FlowRunState.RUNNING
+        assert not backend.get_state(raised.value.flow_run_id).is_final
         assert backend.cancel(raised.value.flow_run_id) is True
+
+    def test_a_cancel_replaced_by_a_late_submission_is_sent_again(self, backend: Any, register: Callable[..., str], emulator: Any) -> None:
+        # Prefect Server keeps no version lock: an agent that took the run just before the
+        # cancel writes Submitted just after it, and Cancelled is gone
+        flow_run_id = backend.run(flow_id=register(flows.hanging_flow), labels=["no-agent-has-this"])
+        rules = emulator.server.rules
+        cancel = rules.cancel_flow_run
+        cancels = []
+
+        def cancel_then_submitted(run_id: str, state_message: Any = None) -> Any:
+            answer = cancel(run_id, state_message)
+            if not cancels:
+                rules.set_flow_run_state(run_id, prefect_state.Submitted("Submitted for execution"))
+            cancels.append(answer["state"])
+            return answer
+
+        rules.cancel_flow_run = cancel_then_submitted
+        try:
+            assert backend.cancel(flow_run_id) is True
+        finally:
+            rules.cancel_flow_run = cancel
+        assert cancels == ["Cancelled", "Cancelled"]
+        assert _flow_run(emulator, flow_run_id)["state"] == "Cancelled"
+        assert backend.get_state(flow_run_id) is FlowRunState.CANCELLED
 
     def test_the_seed_default_time_out_is_one_minute(self) -> None:
         import inspect
@@ -460,12 +532,18 @@ class TestTimeoutAndCancel:
         assert default == timedelta(minutes=1)
 
 
+@pytest.mark.real_agent
 class TestServerFaults:
-    def test_server_disappearing_mid_run(self, backend: Any, register: Callable[..., str], emulator: Any) -> None:
-        flow_run_id = backend.run({"seconds": 30.0}, flow_id=register(flows.hanging_flow))
-        emulator.server.stop()
-        with pytest.raises(BackendUnavailableError, match="cannot connect"):
-            backend.wait(flow_run_id, timeout=5)
+    @pytest.mark.parametrize("kind", [DockerBackend, KubernetesBackend])
+    def test_server_disappearing_mid_run(self, kind: Any, make_emulator: Callable[..., Any]) -> None:
+        emulated = make_emulator(agent=False)
+        with kind(emulated.config()) as backend:
+            backend.create_project(PROJECT)
+            flow_id = backend.register_flow(flows.hanging_flow, PROJECT, no_url=True)
+            flow_run_id = backend.run({"seconds": 30.0}, flow_id=flow_id)
+            emulated.server.stop()
+            with pytest.raises(BackendUnavailableError, match="cannot connect"):
+                backend.wait(flow_run_id, timeout=5)
 
     def test_http_500_answers(self, backend: Any, register: Callable[..., str], emulator: Any) -> None:
         flow_id = register(flows.arithmetic_flow)
@@ -506,6 +584,7 @@ class TestServerFaults:
             backend.get_state("not-a-uuid")
 
 
+@pytest.mark.real_agent
 class TestNoGlobalState:
     def test_two_backends_on_two_servers_side_by_side_from_several_threads(
         self, make_emulator: Callable[..., Any]

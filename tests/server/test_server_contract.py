@@ -1,8 +1,10 @@
 """The backend contract suite on DockerBackend and KubernetesBackend.
 
-Against the emulated Prefect Server always; against a real Prefect 1 Server with
-an agent (labels ``lume-services``) when ``LUME_SCHEDULING_TEST_PREFECT_API`` is
-set to its GraphQL address (see the README, "Against a real Prefect Server").
+Against the emulated Prefect Server always, with every flow run executed by
+prefect's own agent (the ``agent_kind`` fixture: its LocalAgent unless a class
+overrides it) and ``prefect execute flow-run``; against a real Prefect 1 Server
+with an agent (labels ``lume-services``) when ``LUME_SCHEDULING_TEST_PREFECT_API``
+is set to its GraphQL address (see the README, "Against a real Prefect Server").
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ REAL_API = os.environ.get("LUME_SCHEDULING_TEST_PREFECT_API")
 REAL_IMAGE = os.environ.get("LUME_SCHEDULING_TEST_PREFECT_IMAGE", "prefecthq/prefect:1.4.1-python3.11")
 
 
+@pytest.mark.real_agent
 class TestDockerBackendContract(BackendContractSuite):
     @pytest.fixture
     def backend(self, emulator: Any) -> Iterator[DockerBackend]:
@@ -31,6 +34,7 @@ class TestDockerBackendContract(BackendContractSuite):
         return {"image": EMULATED_IMAGE}
 
 
+@pytest.mark.real_agent
 class TestKubernetesBackendContract(BackendContractSuite):
     @pytest.fixture
     def backend(self, emulator: Any) -> Iterator[KubernetesBackend]:

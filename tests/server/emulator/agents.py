@@ -1,0 +1,277 @@
+"""Prefect's own agents, started as processes against an `EmulatedServer`.
+
+Not part of the server: this is how a test gets flow runs executed by prefect's
+real agent and runner. An *agent kind* starts "an agent of kind X against server
+E with labels L and environment V" and returns an `AgentHandle` that stops it,
+ends the flow runs it started (`reap`), and can make one of them crash
+(`kill_flow_run`). `LocalAgentKind` is the first kind: prefect's LocalAgent in a
+subprocess (see ``launch_local_agent.py``), whose flow runs are
+``python -m prefect execute flow-run`` processes. Other kinds (prefect's
+DockerAgent against a container engine, its KubernetesAgent against a Kubernetes
+API) implement the same two classes and are passed where a kind is asked for.
+
+Every agent and runner gets the environment of `prefect_environment`: the
+server's address, the key that tells their requests apart, a home and prefect
+home of their own (nothing is written under the user's home), and
+`RUNNER_SETTINGS`, prefect's own settings tuned for tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from .server import EmulatedServer
+
+LAUNCHER = Path(__file__).with_name("launch_local_agent.py")
+DEFAULT_LABELS = ("lume-services",)
+
+# prefect 1.4.1 settings of the runners (`prefect execute flow-run`), as environment
+# variables: the heartbeat in a thread of the runner rather than one more Python
+# process per flow run ("process", the default), sent every second rather than
+# every 30 s (the zombie killer's cut-off in tests is 30 s, not 10 minutes), and
+# the check for cancellation every 0.3 s rather than every 15 s. The log batch
+# interval (cloud.logging_heartbeat, 5 s) is prefect's default: logs arrive as
+# they do on a real deployment, most of them after the final state.
+RUNNER_SETTINGS: Dict[str, str] = {
+    "PREFECT__CLOUD__HEARTBEAT_MODE": "thread",
+    "PREFECT__CLOUD__HEARTBEAT_INTERVAL": "1.0",
+    "PREFECT__CLOUD__CHECK_CANCELLATION_INTERVAL": "0.3",
+    "PREFECT__LOGGING__LEVEL": "INFO",
+}
+
+
+def prefect_environment(
+    server: EmulatedServer, home: Path, extra: Optional[Mapping[str, str]] = None
+) -> Dict[str, str]:
+    """The environment of an agent (and of the runners it starts) for ``server``.
+
+    Args:
+        server: The emulated server.
+        home: A directory of the test's own: the processes' ``HOME`` and prefect
+            home (prefect reads ``~/.prefect`` and may write results there).
+        extra: More variables, which win (e.g. shorter heartbeats for a crash test).
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT__")}
+    env.update(
+        HOME=str(home),
+        PREFECT__HOME_DIR=str(home / ".prefect"),
+        PREFECT__USER_CONFIG_PATH=str(home / "no-user-config.toml"),
+        PREFECT__BACKEND_CONFIG_PATH=str(home / "no-backend-config.toml"),
+        PREFECT__BACKEND="server",
+        PREFECT__CLOUD__API=server.url,
+        PREFECT__CLOUD__API_KEY=server.agent_api_key,
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(RUNNER_SETTINGS)
+    env.update(extra or {})
+    return env
+
+
+class AgentHandle(ABC):
+    """A running agent of some kind.
+
+    Attributes:
+        name: The agent's name (its row in the server's ``agent`` table).
+        labels: Its labels.
+        log_path: Where its output (and its flow runs' output) goes.
+    """
+
+    def __init__(self, name: str, labels: Sequence[str], log_path: Path) -> None:
+        self.name = name
+        self.labels = list(labels)
+        self.log_path = log_path
+
+    @abstractmethod
+    def alive(self) -> bool:
+        """Whether the agent itself still runs."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop the agent and end every flow run it started; idempotent."""
+
+    @abstractmethod
+    def reap(self) -> None:
+        """End the flow runs this agent started that still run (the agent goes on)."""
+
+    @abstractmethod
+    def running(self, flow_run_id: str) -> bool:
+        """Whether a process (or container) of this agent still runs ``flow_run_id``."""
+
+    @abstractmethod
+    def kill_flow_run(self, flow_run_id: str, timeout: float = 30.0) -> None:
+        """The process (or container) running ``flow_run_id`` dies at once, writing
+        nothing: what a crash, an OOM kill or a lost node looks like to the server.
+
+        Raises:
+            TimeoutError: No process of this agent runs it within ``timeout``.
+        """
+
+    def output(self, tail: int = 4000) -> str:
+        """The end of the agent's output, for a failure message."""
+        try:
+            return self.log_path.read_text(errors="replace")[-tail:]
+        except OSError:
+            return ""
+
+    def wait_registered(self, server: EmulatedServer, timeout: float = 60.0) -> None:
+        """Wait until the agent has registered and polled the server once.
+
+        Raises:
+            RuntimeError: The agent died or did not poll within ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(r.names == ["get_runs_in_queue"] for r in server.requests_of("agent")) and any(
+                a["name"] == self.name for a in server.store.rows("agent")
+            ):
+                return
+            if not self.alive():
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"agent {self.name!r} did not start polling {server.url}:\n{self.output()}")
+
+
+class AgentKind(ABC):
+    """Starts agents of one kind (the fixtures take a kind, so that tests can run on
+    prefect's LocalAgent, DockerAgent or KubernetesAgent alike)."""
+
+    key: str = "abstract"
+
+    @abstractmethod
+    def start(
+        self, server: EmulatedServer, labels: Sequence[str], env: Mapping[str, str], workdir: Path, name: str
+    ) -> AgentHandle:
+        """Start an agent against ``server``; returns at once (see `AgentHandle.wait_registered`).
+
+        Args:
+            server: The emulated server.
+            labels: The agent's labels.
+            env: Its environment (`prefect_environment`).
+            workdir: A directory of its own (logs, import paths...).
+            name: Its name.
+        """
+
+
+class LocalAgentKind(AgentKind):
+    """prefect's LocalAgent in a subprocess; each flow run a ``prefect execute
+    flow-run`` process.
+
+    Args:
+        loop_interval: Seconds between two polls of the agent.
+        import_paths: Directories put on the flow runs' ``PYTHONPATH`` (prefect's
+            ``--import-path``), for flows whose Module storage lives there.
+    """
+
+    key = "local"
+
+    def __init__(self, loop_interval: float = 0.1, import_paths: Sequence[Path] = ()) -> None:
+        self.loop_interval = loop_interval
+        self.import_paths = list(import_paths)
+
+    def start(
+        self, server: EmulatedServer, labels: Sequence[str], env: Mapping[str, str], workdir: Path, name: str
+    ) -> "LocalAgentProcess":
+        workdir.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, str(LAUNCHER), "--name", name, "--loop-interval", str(self.loop_interval)]
+        for label in labels:
+            command += ["--label", label]
+        for path in self.import_paths:
+            command += ["--import-path", str(path)]
+        log_path = workdir / f"{name}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                command, env=dict(env), cwd=workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: its flow runs die with it
+            )
+        return LocalAgentProcess(name, labels, log_path, process)
+
+
+def _children(pid: int) -> List[int]:
+    """Processes whose parent is ``pid`` (Linux: read from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != b"Z":
+            found.append(int(entry))
+    return found
+
+
+def _environ(pid: int) -> Dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            items = environ.read().split(b"\0")
+    except OSError:
+        return {}
+    return dict(item.decode(errors="replace").split("=", 1) for item in items if b"=" in item)
+
+
+class LocalAgentProcess(AgentHandle):
+    """A LocalAgent process and the flow run processes it started (its children)."""
+
+    def __init__(self, name: str, labels: Sequence[str], log_path: Path, process: "subprocess.Popen[bytes]") -> None:
+        super().__init__(name, labels, log_path)
+        self.process = process
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def runner_pids(self) -> List[int]:
+        """The flow run processes still running."""
+        return _children(self.process.pid) if self.alive() else []
+
+    def reap(self) -> None:
+        for pid in self.runner_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _runner_of(self, flow_run_id: str) -> Optional[int]:
+        for pid in self.runner_pids():
+            if _environ(pid).get("PREFECT__CONTEXT__FLOW_RUN_ID") == flow_run_id:
+                return pid
+        return None
+
+    def running(self, flow_run_id: str) -> bool:
+        return self._runner_of(flow_run_id) is not None
+
+    def kill_flow_run(self, flow_run_id: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid = self._runner_of(flow_run_id)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"no process of agent {self.name!r} runs flow run {flow_run_id}")
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGINT)  # the agent's own exit handler
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # the agent, if still there, and its flow runs
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait(10)
