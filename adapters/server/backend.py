@@ -311,9 +311,12 @@ class ServerBackend(Backend):
         found = flows[0]
         try:
             loaded = prefect.serialization.flow.FlowSchema().load(found["serialized_flow"])
-        except Exception as err:  # marshmallow raises several types for a bad document
+        except Exception as err:  # marshmallow and prefect raise several types for a bad document
+            # Only the error's type: its text may quote the flow's run config.
             raise BackendUnavailableError(
-                self._config.api_url, f"flow {flow_name!r} cannot be deserialized: {err}"
+                self._config.api_url,
+                f"load_flow: the server's answer is malformed: data.flow[0].serialized_flow: "
+                f"flow {flow_name!r} cannot be read back by prefect ({type(err).__name__})",
             ) from err
         with self._lock:
             self._flows[found["id"]] = _FlowInfo(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from prefect.engine import state as prefect_state
 from prefect.engine.results import PrefectResult
@@ -281,7 +281,7 @@ SCENARIOS: Dict[str, Scenario] = {
     "create_project": (lambda b, s: b.create_project("another"), ["tenant", "create_project"], ["create_project"]),
     "register_flow": (
         lambda b, s: b.register_flow(flows.twin_flow, PROJECT),  # prints its note: flow_by_pk with ui_url
-        ["tenant", "project", "create_flow_from_compressed_string", "register_tasks", "register_edges",
+        ["project", "create_flow_from_compressed_string", "register_tasks", "register_edges",
          "set_schedule_active", "flow_by_pk"],
         ["register_flow"],
     ),
@@ -304,21 +304,25 @@ def test_only_domain_errors_cross_the_port_whatever_the_server_answers(name: str
     call, fields, operations = SCENARIOS[name]
     faults = emulated.server.faults
 
-    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+    @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
     @given(field=st.sampled_from(list(fields)), malformed=MALFORMED)
     def property_(field: str, malformed: Any) -> None:
         faults.reset()
         faults.rewrite_next(malformed, operation=field)
-        config = _quick(emulated, agent_check_after=0.0, ui_url="http://ui.invalid")
+        config = _quick(emulated, agent_check_after=0.01, ui_url="http://ui.invalid")
         with DockerBackend(config) as backend:
             try:
                 call(backend, seeded)
+                event("no error")
             except BackendUnavailableError as err:
                 assert err.backend == seeded.url, err
                 assert str(err.reason).split(":")[0] in operations, err
                 assert SECRET not in str(err)
+                event("BackendUnavailableError")
             except SchedulingError as err:
                 assert SECRET not in str(err)
+                event(type(err).__name__)
+        assert faults.pending() == 0, f"no request asked for {field}: the malformed answer was never sent"
 
     property_()
 
