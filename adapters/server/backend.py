@@ -717,7 +717,7 @@ class ServerBackend(Backend):
             FlowNotFoundError, FlowRunNotFoundError: See `_translated`.
         """
         with self._translated(operation, flow_id=flow_id, flow_run_id=flow_run_id):
-            answer = self._client.graphql(query, variables=dict(variables))
+            answer = self._client.answer(query, variables=dict(variables))
             return answers.read(answer["data"], expect)
 
     def _refusal(self, message: str, info: _FlowInfo) -> Optional[SchedulingError]:
