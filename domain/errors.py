@@ -269,6 +269,54 @@ class FlowNotFoundError(SchedulingError):
         super().__init__(what)
 
 
+class FlowArchivedError(FlowNotFoundError):
+    """The flow version asked for is archived: a server runs only a flow's newest
+    version (registering a flow again archives the versions before it). A
+    `FlowNotFoundError` too.
+
+    Attributes:
+        flow_id: The archived version's flow id.
+        flow_name: Name of the flow, when known.
+        project_name: Its project, when known.
+        version: The archived version's number, when known.
+        newest_flow_id: Flow id of the flow's newest unarchived version, when
+            known (None also when every version is archived).
+        newest_version: That version's number, when known.
+    """
+
+    def __init__(
+        self,
+        flow_id: Optional[str] = None,
+        *,
+        flow_name: Optional[str] = None,
+        project_name: Optional[str] = None,
+        version: Optional[int] = None,
+        newest_flow_id: Optional[str] = None,
+        newest_version: Optional[int] = None,
+    ) -> None:
+        self.flow_name = flow_name
+        self.project_name = project_name
+        self.flow_id = flow_id
+        self.version = version
+        self.newest_flow_id = newest_flow_id
+        self.newest_version = newest_version
+        subject = f"flow {flow_name!r}" if flow_name else "the flow"
+        which = ", ".join(
+            part
+            for part in (
+                f"version {version}" if version is not None else None,
+                f"flow id {flow_id!r}" if flow_id is not None else None,
+            )
+            if part
+        )
+        what = f"{subject} ({which}) is archived" if which else f"{subject} is archived"
+        if newest_flow_id is not None:
+            newest = f"version {newest_version}" if newest_version is not None else "its newest version"
+            what += f"; run {newest} instead (flow id {newest_flow_id!r})"
+        # Not FlowNotFoundError's message: the flow exists.
+        SchedulingError.__init__(self, what + _describe(project_name=project_name))
+
+
 class FlowRunNotFoundError(SchedulingError):
     """No flow run with that id is known to the backend.
 
@@ -354,6 +402,7 @@ class BackendUnavailableError(SchedulingError):
 __all__ = [
     "BackendUnavailableError",
     "EmptyResultError",
+    "FlowArchivedError",
     "FlowFailedError",
     "FlowNotFoundError",
     "FlowParameterError",

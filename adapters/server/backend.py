@@ -31,7 +31,9 @@ from lume_scheduling.application.ports import Backend, BackendCapabilities, Decl
 from lume_scheduling.domain import (
     BackendUnavailableError,
     DockerRunConfig,
+    FlowArchivedError,
     FlowParameter,
+    FlowParameterError,
     FlowNotFoundError,
     FlowRunNotFoundError,
     FlowRunResult,
@@ -47,7 +49,9 @@ from lume_scheduling.domain.secrets import secret_values
 
 from ..prefect_flows import flow_run_state as local_flow_run_state
 from ..prefect_flows import flow_parameters, is_prefect_flow, serialized_flow_parameters, task_run_state
-from .client import ServerClient, graphql_message
+from . import _answers as answers
+from ._answers import MalformedAnswer
+from .client import ServerClient, UnknownProjectError, graphql_message
 from .config import PrefectConfig, PrefectServerConfig, server_config_from
 from .run_configs import describe, to_prefect_run_config
 
@@ -56,6 +60,11 @@ logger = logging.getLogger("lume_scheduling.server")
 PROJECT_ENV = "PREFECT__CONTEXT__PROJECT_NAME"
 _TRACKED_RUNS = 512
 _NOT_A_UUID = "invalid input syntax for type uuid"
+# The server's words for an unknown flow run (api/states.py, cancel_flow_run), for an
+# archived flow version and for missing required parameters (api/runs.py).
+_INVALID_RUN = "invalid flow run id"
+_ARCHIVED = re.compile(r"Flow (?P<id>\S+) is archived")
+_MISSING_PARAMETERS = re.compile(r"Required parameters were not supplied: (?P<names>.*?)\.?$", re.S)
 # Messages of Prefect Server (zombie killer, Lazarus) and agents when the process
 # running a flow died: the run did not fail on its own, it crashed.
 _CRASH_MARKERS = (
@@ -87,9 +96,13 @@ def flow_run_state(state: prefect_state.State) -> FlowRunState:
 
 
 def _deserialize(serialized: Optional[Mapping[str, Any]]) -> prefect_state.State:
+    """The Prefect state of an answer's ``serialized_state`` (checked by `answers.STATE`)."""
     if not serialized:
         return prefect_state.Scheduled(message="no state yet")
-    return prefect_state.State.deserialize(dict(serialized))
+    try:
+        return prefect_state.State.deserialize(dict(serialized))
+    except Exception as err:  # marshmallow raises several types; no query reads an unchecked state
+        raise MalformedAnswer(f"serialized_state: a Prefect state that prefect cannot read ({type(err).__name__})") from err
 
 
 @dataclass
@@ -250,16 +263,13 @@ class ServerBackend(Backend):
                     build=options.get("build", True),
                     set_schedule_active=options.get("set_schedule_active", True),
                     version_group_id=options.get("version_group_id"),
-                    no_url=True,
                     idempotency_key=options.get("idempotency_key"),
                 )
-            except ValueError as err:
-                if "not found" in str(err).lower():
-                    raise ValueError(
-                        f"project_name {project_name!r} is not a project of the server: "
-                        "create it with create_project() first"
-                    ) from err
-                raise
+            except UnknownProjectError as err:
+                raise ValueError(
+                    f"project_name {project_name!r} is not a project of the server: "
+                    "create it with create_project() first"
+                ) from err
         with self._lock:
             self._flows[flow_id] = _FlowInfo(flow_id, flow.name, project_name, image, flow_parameters(flow))
         logger.info(
@@ -273,7 +283,10 @@ class ServerBackend(Backend):
         lines = ["Flow registered:", f" └── ID: {flow_id}", f" └── Project: {project_name}", f" └── Labels: {labels}"]
         if self._config.ui_url:
             data = self._query(
-                "query($id: uuid!) { flow_by_pk(id: $id) { flow_group_id } }", {"id": flow_id}, "register_flow"
+                "query($id: uuid!) { flow_by_pk(id: $id) { flow_group_id } }",
+                {"id": flow_id},
+                "register_flow",
+                expect=answers.FLOW_GROUP_ID,
             )
             group = (data.get("flow_by_pk") or {}).get("flow_group_id")
             if group:
@@ -290,6 +303,7 @@ class ServerBackend(Backend):
                }""",
             {"name": flow_name, "project": project_name},
             "load_flow",
+            expect=answers.LOADED_FLOWS,
         )
         flows = data.get("flow") or []
         if not flows:
@@ -297,9 +311,12 @@ class ServerBackend(Backend):
         found = flows[0]
         try:
             loaded = prefect.serialization.flow.FlowSchema().load(found["serialized_flow"])
-        except Exception as err:  # marshmallow raises several types for a bad document
+        except Exception as err:  # marshmallow and prefect raise several types for a bad document
+            # Only the error's type: its text may quote the flow's run config.
             raise BackendUnavailableError(
-                self._config.api_url, f"flow {flow_name!r} cannot be deserialized: {err}"
+                self._config.api_url,
+                f"load_flow: the server's answer is malformed: data.flow[0].serialized_flow: "
+                f"flow {flow_name!r} cannot be read back by prefect ({type(err).__name__})",
             ) from err
         with self._lock:
             self._flows[found["id"]] = _FlowInfo(
@@ -321,11 +338,17 @@ class ServerBackend(Backend):
         env = {PROJECT_ENV: info.project_name, **(config.env or {})}
         prefect_run_config = to_prefect_run_config(config, env=env)
         with self._translated("run", flow_id=request.flow_id):
-            flow_run_id = self._client.create_flow_run(
-                flow_id=request.flow_id,
-                parameters=dict(request.parameters),
-                run_config=prefect_run_config,
-            )
+            try:
+                flow_run_id = self._client.create_flow_run(
+                    flow_id=request.flow_id,
+                    parameters=dict(request.parameters),
+                    run_config=prefect_run_config,
+                )
+            except ClientError as err:
+                refusal = self._refusal(graphql_message(err), info)
+                if refusal is None:
+                    raise
+                raise refusal from err
         tracked = self._track(flow_run_id)
         tracked.flow_id = request.flow_id
         tracked.created = time.monotonic()
@@ -347,6 +370,7 @@ class ServerBackend(Backend):
             "query($id: uuid!) { flow_run_by_pk(id: $id) { serialized_state } }",
             {"id": flow_run_id},
             "get_state",
+            expect=answers.RUN_STATE,
             flow_run_id=flow_run_id,
         )
         run = data.get("flow_run_by_pk")
@@ -411,6 +435,7 @@ class ServerBackend(Backend):
             f"{{ {_TASK_RUN_FIELDS} }} }} }}",
             variables,
             "wait",
+            expect=answers.POLLED_RUN,
             flow_run_id=flow_run_id,
         )
         run = data.get("flow_run_by_pk")
@@ -450,7 +475,7 @@ class ServerBackend(Backend):
         if after is None or tracked.agent_checked or waited < after:
             return
         tracked.agent_checked = True
-        data = self._query("query { agent { id name labels last_queried } }", {}, "wait")
+        data = self._query("query { agent { id name labels last_queried } }", {}, "wait", expect=answers.AGENTS)
         wanted = set(labels)
         matching = [
             agent for agent in data.get("agent") or []
@@ -488,6 +513,7 @@ class ServerBackend(Backend):
                 f"task_runs(order_by: {{id: asc}}, limit: $limit) {{ {_TASK_RUN_FIELDS} }} }} }}",
                 {"id": flow_run_id, "limit": size},
                 "get_result",
+                expect=answers.RUN_RESULT,
                 flow_run_id=flow_run_id,
             )
             run = data.get("flow_run_by_pk")
@@ -501,6 +527,7 @@ class ServerBackend(Backend):
                 f"order_by: {{id: asc}}, limit: $limit, offset: $offset) {{ {_TASK_RUN_FIELDS} }} }}",
                 {"id": flow_run_id, "limit": size, "offset": len(rows)},
                 "get_result",
+                expect=answers.TASK_RUN_PAGE,
                 flow_run_id=flow_run_id,
             )
             page = list(more.get("task_run") or [])
@@ -583,6 +610,7 @@ class ServerBackend(Backend):
             "query($id: uuid!) { flow_by_pk(id: $id) { id name run_config serialized_flow project { name } } }",
             {"id": flow_id},
             "run",
+            expect=answers.FLOW_INFO,
             flow_id=flow_id,
         )
         found = data.get("flow_by_pk")
@@ -616,6 +644,7 @@ class ServerBackend(Backend):
             "query($id: uuid!) { flow_by_pk(id: $id) { flow_group { default_parameters } } }",
             {"id": flow_id},
             "run",
+            expect=answers.DEFAULT_PARAMETERS,
             flow_id=flow_id,
         )
         group = (data.get("flow_by_pk") or {}).get("flow_group") or {}
@@ -638,6 +667,7 @@ class ServerBackend(Backend):
             "query($id: uuid!) { flow_run_by_pk(id: $id) { run_config } }",
             {"id": flow_run_id},
             "get_result",
+            expect=answers.RUN_CONFIG_OF_RUN,
             flow_run_id=flow_run_id,
         )
         run_config = (data.get("flow_run_by_pk") or {}).get("run_config")
@@ -674,15 +704,59 @@ class ServerBackend(Backend):
         variables: Mapping[str, Any],
         operation: str,
         *,
+        expect: answers.Shape,
         flow_id: Optional[str] = None,
         flow_run_id: Optional[str] = None,
     ) -> Dict[str, Any]:
+        """The ``data`` of one query's answer, once it fits ``expect`` (`_answers`).
+
+        Raises:
+            BackendUnavailableError: Naming the server and ``operation``: the
+                server cannot be reached, or its answer is not what ``expect``
+                says (where it is not, and what was expected).
+            FlowNotFoundError, FlowRunNotFoundError: See `_translated`.
+        """
         with self._translated(operation, flow_id=flow_id, flow_run_id=flow_run_id):
-            result = self._client.graphql(query, variables=dict(variables))
-        data = result.get("data") if hasattr(result, "get") else None
-        if data is None:
-            raise BackendUnavailableError(self._config.api_url, f"{operation}: the answer has no data")
-        return data.to_dict() if hasattr(data, "to_dict") else dict(data)
+            answer = self._client.answer(query, variables=dict(variables))
+            return answers.read(answer["data"], expect)
+
+    def _refusal(self, message: str, info: _FlowInfo) -> Optional[SchedulingError]:
+        """The domain error for the server's refusal of a new flow run, if it is one
+        we know: an archived flow version, or missing required parameters."""
+        if _ARCHIVED.search(message):
+            newest_id, newest_version, version = self._newest_version(info.flow_id)
+            return FlowArchivedError(
+                info.flow_id,
+                flow_name=info.name,
+                project_name=info.project_name or None,
+                version=version,
+                newest_flow_id=newest_id,
+                newest_version=newest_version,
+            )
+        missing = _MISSING_PARAMETERS.search(message)
+        if missing:
+            # The server writes a Python set: {'x', 'y'}.
+            names = re.findall(r"'([^']*)'", missing.group("names"))
+            return FlowParameterError(info.name, missing=names, parameters=info.parameters or ())
+        return None
+
+    def _newest_version(self, flow_id: str) -> Tuple[Optional[str], Optional[int], Optional[int]]:
+        """(id, version) of the newest unarchived version of ``flow_id``'s flow group,
+        and ``flow_id``'s own version; None where the server does not say (asking is
+        a courtesy: its failure leaves them unknown)."""
+        try:
+            data = self._query(
+                "query($id: uuid!) { flow_by_pk(id: $id) { version flow_group { "
+                "flows(where: {archived: {_eq: false}}, order_by: {version: desc}, limit: 1) { id version } } } }",
+                {"id": flow_id},
+                "run",
+                expect=answers.NEWEST_VERSION,
+            )
+        except BackendUnavailableError:
+            return None, None, None
+        flow = data["flow_by_pk"] or {}
+        newest = ((flow.get("flow_group") or {}).get("flows") or [{}])[0]
+        return newest.get("id"), newest.get("version"), flow.get("version")
 
     @contextmanager
     def _translated(
@@ -691,6 +765,10 @@ class ServerBackend(Backend):
         """Turn prefect and transport errors into domain errors, with the server's words."""
         try:
             yield
+        except MalformedAnswer as err:
+            raise BackendUnavailableError(
+                self._config.api_url, f"{operation}: the server's answer is malformed: {err.problem}"
+            ) from err
         except SchedulingError:
             raise
         except AuthorizationError as err:
@@ -700,12 +778,11 @@ class ServerBackend(Backend):
         except ClientError as err:
             message = graphql_message(err)
             lowered = message.lower()
-            if flow_run_id is not None and (_NOT_A_UUID in lowered or "not found" in lowered):
+            unknown = _NOT_A_UUID in lowered or "not found" in lowered
+            if flow_run_id is not None and (unknown or _INVALID_RUN in lowered):
                 raise FlowRunNotFoundError(flow_run_id) from err
-            if flow_id is not None and (_NOT_A_UUID in lowered or "not found" in lowered):
+            if flow_id is not None and unknown:
                 raise FlowNotFoundError(flow_id=flow_id) from err
-            if "parameter" in lowered:
-                raise ValueError(f"parameters are not valid for this flow: {message}") from err
             raise BackendUnavailableError(self._config.api_url, f"{operation}: {message}") from err
 
 

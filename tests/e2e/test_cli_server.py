@@ -96,3 +96,53 @@ class TestServerCommands:
         done = lume("--config", str(server), "cancel", "00000000-0000-0000-0000-000000000000")
         assert done.code == 6, done.err
         assert "no flow run" in done.error_lines[0]
+
+
+@pytest.fixture
+def bare(tmp_path: Path, write: Any) -> Iterator[Any]:
+    """A server of its own without agents (no run is executed), with a settings file
+    for the docker backend as ``bare.settings``."""
+    running = _emulator_module().Emulated(tmp_path / "bare", agent=False)
+    running.settings = write(
+        "bare.yaml",
+        f"backend: docker\nserver:\n  api_url: {running.url}\n  default_image: {IMAGE}\n  request_retries: 0\n",
+    )
+    yield running
+    running.close()
+
+
+class TestServerAnswers:
+    """What the server answers, mapped to exit codes (issue 10, item 5)."""
+
+    def test_a_malformed_answer_is_an_unavailable_backend(self, lume: Any, bare: Any) -> None:
+        config = ["--config", str(bare.settings)]
+        # A real HTTP answer of the server, broken after the server ran the query.
+        bare.server.faults.rewrite_next(lambda answer: {"data": {"flow_run_by_pk": "garbage"}}, operation="flow_run_by_pk")
+        done = lume(*config, "status", "3f2c8a8e-0000-4000-8000-000000000000")
+        assert done.code == 5, done.err
+        assert done.error_lines == [
+            f"lume-scheduling: error: scheduling backend at {bare.url} is unavailable: get_state: the server's "
+            "answer is malformed: data.flow_run_by_pk: expected an object or null, got a string"
+        ]
+        assert "Traceback" not in done.err
+        assert bare.server.faults.pending() == 0
+
+    def test_errors_that_are_no_list_are_an_unavailable_backend(self, lume: Any, bare: Any) -> None:
+        bare.server.faults.rewrite_next(lambda answer: {"errors": "boom"}, operation="create_project")
+        done = lume("--config", str(bare.settings), "create-project", "lume")
+        assert done.code == 5, done.err
+        assert done.error_lines[0].endswith(
+            "create_project: the server's answer is malformed: errors: expected a non-empty list of errors, got a string"
+        )
+
+    def test_an_archived_flow_version_is_not_found_and_names_the_newest(self, lume: Any, bare: Any) -> None:
+        config = ["--config", str(bare.settings)]
+        assert lume(*config, "create-project", "lume").code == 0
+        old = lume(*config, "register", f"{FLOWS}:arithmetic_flow", "--project", "lume").out.strip()
+        new = lume(*config, "register", f"{FLOWS}:arithmetic_flow", "--project", "lume").out.strip()
+        done = lume(*config, "submit", "--flow-id", old)
+        assert done.code == 6, done.err
+        assert done.error_lines == [
+            f"lume-scheduling: error: flow 'arithmetic' (version 1, flow id {old!r}) is archived; "
+            f"run version 2 instead (flow id {new!r}) (project_name='lume')"
+        ]

@@ -10,19 +10,32 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 CLIENT, AGENT, RUNNER, ANY = "client", "agent", "runner", "any"
 
 
 @dataclass
 class Fault:
-    """One scripted failure: an HTTP error answer, or a GraphQL error answer."""
+    """One scripted failure: an HTTP error answer, a GraphQL error answer, an
+    answer rewritten after the request ran, or an action just before it runs.
+
+    ``operation`` (a top-level field, e.g. ``flow_run_by_pk``) limits the fault to
+    the requests that ask for it; None takes the next request of ``source``.
+    """
 
     source: str
     status: int = 500
     body: str = "Internal Server Error"
     graphql_message: Optional[str] = None
+    operation: Optional[str] = None
+    rewrite: Optional[Callable[[Any], Any]] = None
+    before: Optional[Callable[[], None]] = None
+
+    @property
+    def runs_the_request(self) -> bool:
+        """Whether the request is executed (its effects happen) despite the fault."""
+        return self.rewrite is not None or self.before is not None
 
 
 class Faults:
@@ -63,11 +76,33 @@ class Faults:
         with self._lock:
             self._queue.extend(Fault(source, 200, "", message) for _ in range(count))
 
-    def take(self, source: str) -> Optional[Fault]:
-        """The fault for a request of ``source``, if one waits (it is used up)."""
+    def rewrite_next(
+        self, rewrite: Callable[[Any], Any], operation: Optional[str] = None, status: int = 200, source: str = CLIENT
+    ) -> None:
+        """The next request of ``source`` (asking for ``operation``, if given) runs as
+        usual, and is answered ``rewrite(answer)`` (any JSON value) with HTTP
+        ``status`` instead of its own answer: a broken proxy, or a server of another
+        version."""
+        with self._lock:
+            self._queue.append(Fault(source, status, "", operation=operation, rewrite=rewrite))
+
+    def before_next(self, operation: str, action: Callable[[], None], source: str = CLIENT) -> None:
+        """``action()`` runs just before the next request of ``source`` asking for
+        ``operation`` is executed (e.g. another user deletes the run it is about)."""
+        with self._lock:
+            self._queue.append(Fault(source, 200, "", operation=operation, before=action))
+
+    def pending(self) -> int:
+        """Faults still waiting for their request."""
+        with self._lock:
+            return len(self._queue)
+
+    def take(self, source: str, operations: Sequence[str] = ()) -> Optional[Fault]:
+        """The fault for a request of ``source`` asking for ``operations`` (top-level
+        fields), if one waits (it is used up)."""
         with self._lock:
             for index, fault in enumerate(self._queue):
-                if fault.source in (source, ANY):
+                if fault.source in (source, ANY) and (fault.operation is None or fault.operation in operations):
                     return self._queue.pop(index)
         return None
 

@@ -191,14 +191,16 @@ class EmulatedServer:
             time.sleep(pause)
         with self._log_lock:
             self.log.append(entry)
-        fault = self.faults.take(source)
-        if fault is not None:
+        fault = self.faults.take(source, entry.names)
+        if fault is not None and not fault.runs_the_request:
             entry.status = fault.status
             if fault.graphql_message is not None:
                 entry.errors = [fault.graphql_message]
                 return 200, {"errors": [{"message": fault.graphql_message}]}
             entry.errors = [fault.body]
             return fault.status, {"message": fault.body}
+        if fault is not None and fault.before is not None:
+            fault.before()
         try:
             call = Request(query, variables, {k: v for k, v in headers.items() if k.startswith("x-prefect")})
             status, answer = self.routes.execute(call)
@@ -208,6 +210,9 @@ class EmulatedServer:
             status, answer = 500, {"errors": [{"message": f"emulator error: {err!r}"}]}
         entry.status = status
         entry.errors = [str(e.get("message")) for e in answer.get("errors", [])]
+        if fault is not None and fault.rewrite is not None:
+            entry.status = fault.status
+            return fault.status, fault.rewrite(answer)
         return status, answer
 
 
