@@ -6,9 +6,11 @@ E with labels L and environment V" and returns an `AgentHandle` that stops it,
 ends the flow runs it started (`reap`), and can make one of them crash
 (`kill_flow_run`). `LocalAgentKind` is the first kind: prefect's LocalAgent in a
 subprocess (see ``launch_local_agent.py``), whose flow runs are
-``python -m prefect execute flow-run`` processes. Other kinds (prefect's
-DockerAgent against a container engine, its KubernetesAgent against a Kubernetes
-API) implement the same two classes and are passed where a kind is asked for.
+``python -m prefect execute flow-run`` processes. `KubernetesAgentKind` runs
+prefect's KubernetesAgent against a Kubernetes API double of its own
+(``tests/server/kubernetes/``), whose Jobs run ``prefect execute flow-run`` as
+processes. Other kinds (prefect's DockerAgent against a container engine)
+implement the same two classes and are passed where a kind is asked for.
 
 Every agent and runner gets the environment of `prefect_environment`: the
 server's address, the key that tells their requests apart, a home and prefect
