@@ -6,8 +6,9 @@ KubernetesAgent on it.
   refuses them; a Job's pod phases follow its process; deleting a Job stops it
   (but for batch/v1's default, Orphan); lists take label selectors and pages.
 - With prefect's real KubernetesAgent and KubernetesBackend: the agent deletes
-  finished Jobs, reports a Pending pod's events in the flow run's logs, and fails
-  the run of a killed pod, which KubernetesBackend reports as crashed.
+  finished Jobs, reports a Pending pod's events in the flow run's logs, fails
+  the run of a killed pod, which KubernetesBackend reports as crashed, and fails
+  a run whose Job the API server refuses with the server's answer.
 """
 
 from __future__ import annotations
@@ -328,3 +329,17 @@ class TestPrefectsKubernetesAgent:
             assert backend.wait(flow_run_id, timeout=60) is FlowRunState.SUCCESS
         rows = [row for row in emulated.store.where("log", flow_run_id=flow_run_id) if row["name"] == "k8s-infra"]
         assert rows and rows[0]["message"].startswith("Event: 'Scheduled' on pod 'prefect-job-"), rows
+
+    def test_a_job_the_api_server_refuses_fails_the_run_with_its_reason(
+        self, emulator: Any, kubernetes_backend: KubernetesBackend
+    ) -> None:
+        # The domain accepts any job template mapping; the API server refuses a
+        # name with capitals, and prefect's agent fails the run with its answer.
+        template = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "Lume_Job"},
+                    "spec": {"template": {"spec": {"containers": [{"name": "flow"}]}}}}
+        flow_id = kubernetes_backend.register_flow(flows.arithmetic_flow, PROJECT, no_url=True)
+        flow_run_id = kubernetes_backend.submit({}, flow_id=flow_id, job_template=template)
+        assert kubernetes_backend.wait(flow_run_id, timeout=60) is FlowRunState.FAILED
+        assert emulator.agent.api.cluster.jobs == {}
+        message = emulator.store.get("flow_run", flow_run_id)["state_message"]
+        assert "Unprocessable Entity" in message and "metadata.name" in message
