@@ -213,6 +213,7 @@ class TestPodPhases:
         _wait_for(lambda: phase(core, "flow-job") == "Failed", what="Failed")
         terminated = pod_of(core, "flow-job").status.container_statuses[0].state.terminated
         assert (terminated.exit_code, terminated.reason) == (128, "StartError")
+        assert _wait_for(lambda: batch.read_namespaced_job("flow-job", NAMESPACE).status.failed) == 1
 
     def test_a_pending_pod_has_its_scheduling_event(self, batch: Any, core: Any) -> None:
         batch.create_namespaced_job(NAMESPACE, job(["true"]))

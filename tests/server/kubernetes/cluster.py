@@ -134,17 +134,21 @@ class Pod:
             if executable is None:
                 message = f'exec: "{argv[0] if argv else ""}": executable file not found in $PATH'
                 self._finish(128, "StartError", message)
-                return
-            with open(self.log_path, "ab") as log:
-                self.process = subprocess.Popen(
-                    [executable, *argv[1:]], env=env, cwd=env["HOME"], stdout=log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, start_new_session=True,  # its own group: killed as one
-                )
-            started = now()
-            cluster.event(self, "Created", f"Created container {container['name']}")
-            cluster.event(self, "Started", f"Started container {container['name']}")
-            self.object["status"].update(phase="Running", startTime=started, podIP="127.0.0.1", hostIP="127.0.0.1")
-            self._status(running={"startedAt": started})
+            else:
+                with open(self.log_path, "ab") as log:
+                    self.process = subprocess.Popen(
+                        [executable, *argv[1:]], env=env, cwd=env["HOME"], stdout=log, stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL, start_new_session=True,  # its own group: killed as one
+                    )
+                started = now()
+                cluster.event(self, "Created", f"Created container {container['name']}")
+                cluster.event(self, "Started", f"Started container {container['name']}")
+                self.object["status"].update(phase="Running", startTime=started, podIP="127.0.0.1",
+                                             hostIP="127.0.0.1")
+                self._status(running={"startedAt": started})
+        if self.process is None:
+            cluster.pod_finished(self)
+            return
         code = self.process.wait()
         with cluster.lock:
             # A signal shows as 128 + its number, as the container runtime reports it.
@@ -305,9 +309,11 @@ class Cluster:
             if job is None or pod.deleted.is_set():
                 return
             status = job["status"]
-            status["active"] = max(0, status.get("active", 1) - 1) or None
-            if status["active"] is None:
-                del status["active"]
+            active = status.get("active", 1) - 1
+            if active > 0:
+                status["active"] = active
+            else:
+                status.pop("active", None)  # the API server omits a zero count
             stamp = now()
             if pod.phase == "Succeeded":
                 status["succeeded"] = status.get("succeeded", 0) + 1
