@@ -46,8 +46,7 @@ def _wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "
 
 @pytest.fixture(scope="module")
 def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    api = DOUBLE.KubernetesApi(tmp_path_factory.mktemp("kubernetes-double"), {"PATH": "/usr/bin:/bin"},
-                               pull_seconds=0.5).start()
+    api = DOUBLE.KubernetesApi(tmp_path_factory.mktemp("kubernetes-double"), {"PATH": "/usr/bin:/bin"}).start()
     yield api
     api.stop()
 
@@ -58,6 +57,7 @@ def batch(double: Any, tmp_path: Path) -> Iterator[Any]:
     kubeconfig = double.write_kubeconfig(tmp_path / "kubeconfig", NAMESPACE)
     client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
     yield kubernetes.client.BatchV1Api(client)
+    double.cluster.pulls_open.set()
     double.cluster.reap()  # no process outlives its test
     client.close()
 
@@ -170,11 +170,14 @@ class TestRefusedJobs:
 
 
 class TestPodPhases:
-    def test_phases_follow_the_process(self, batch: Any, core: Any, tmp_path: Path) -> None:
+    def test_phases_follow_the_process(self, batch: Any, core: Any, double: Any, tmp_path: Path) -> None:
         gate = tmp_path / "go"
+        double.cluster.pulls_open.clear()  # the "image pull" waits
         batch.create_namespaced_job(NAMESPACE, job(python(
             f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.02)")))
-        assert phase(core, "flow-job") == "Pending"  # the double's "image pull" takes 0.5 s
+        assert phase(core, "flow-job") == "Pending"
+        assert pod_of(core, "flow-job").status.container_statuses is None
+        double.cluster.pulls_open.set()
         _wait_for(lambda: phase(core, "flow-job") == "Running", what="Running")
         pod = pod_of(core, "flow-job")
         assert pod.status.container_statuses[0].state.running is not None
@@ -215,11 +218,14 @@ class TestPodPhases:
         assert (terminated.exit_code, terminated.reason) == (128, "StartError")
         assert _wait_for(lambda: batch.read_namespaced_job("flow-job", NAMESPACE).status.failed) == 1
 
-    def test_a_pending_pod_has_its_scheduling_event(self, batch: Any, core: Any) -> None:
+    def test_a_pending_pod_has_its_scheduling_event(self, batch: Any, core: Any, double: Any) -> None:
+        double.cluster.pulls_open.clear()
         batch.create_namespaced_job(NAMESPACE, job(["true"]))
         name = pod_of(core, "flow-job").metadata.name
-        events = core.list_namespaced_event(NAMESPACE, field_selector=f"involvedObject.name={name}").items
-        assert [e.reason for e in events][:1] == ["Scheduled"]
+        events = _wait_for(lambda: core.list_namespaced_event(
+            NAMESPACE, field_selector=f"involvedObject.name={name}").items, what="an event")
+        assert phase(core, "flow-job") == "Pending"
+        assert [e.reason for e in events] == ["Scheduled"]
         assert events[0].last_timestamp is not None
 
 

@@ -120,8 +120,10 @@ class Pod:
         cluster = self.cluster
         cluster.event(self, "Scheduled", f"Successfully assigned {cluster.namespace_of(self)}/{self.name} to {NODE}",
                       source="default-scheduler")
-        if cluster.pull_seconds:
-            self.deleted.wait(cluster.pull_seconds)
+        # The "image pull": pull_seconds, and as long as a test holds pulls back.
+        deadline = time.monotonic() + cluster.pull_seconds
+        while not self.deleted.is_set() and (time.monotonic() < deadline or not cluster.pulls_open.is_set()):
+            self.deleted.wait(0.02)
         container = self.container
         argv = list(container.get("command") or []) + list(container.get("args") or [])
         env = self.environment()
@@ -198,6 +200,9 @@ class Cluster:
         image_env: The environment every container starts with (the "image").
         pull_seconds: How long a pod stays Pending before its process starts.
         on_change: Called (without the lock) when a pod finishes.
+
+    Attributes:
+        pulls_open: Cleared, pods stay Pending until it is set again.
     """
 
     def __init__(self, workdir: Path, image_env: Mapping[str, str], pull_seconds: float = 0.0,
@@ -215,6 +220,8 @@ class Cluster:
         self._random = random.Random()
         self._on_change = on_change
         self._closed = False
+        self.pulls_open = threading.Event()
+        self.pulls_open.set()
 
     def next_version(self) -> str:
         self._version += 1
