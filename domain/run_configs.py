@@ -20,6 +20,7 @@ from pydantic import BaseModel, Extra, StrictFloat, StrictInt, StrictStr, valida
 
 from .documents import DocumentError, load_yaml, read_document
 from .image import image_reference_problem
+from .kubernetes_names import dns1123_subdomain_problem, env_var_name_problem
 from .quantity import QuantityError, quantity_value
 
 DEFAULT_LABELS: tuple[str, ...] = ("lume-services",)
@@ -321,14 +322,19 @@ class KubernetesRunConfig(RunConfig):
             ``file``/``local``) it must be an existing file holding a YAML mapping;
             with ``s3``, ``gcs`` or ``agent`` it is kept as written and read at run
             time. Excludes ``job_template``.
-        service_account_name: Service account for the job.
+        service_account_name: Service account for the job: a DNS-1123 subdomain
+            (lowercase letters, digits, ``-`` and ``.``, starting and ending with a
+            letter or digit, at most 253 characters), as Kubernetes requires.
         image_pull_policy: ``Always``, ``IfNotPresent`` (default) or ``Never``.
         cpu_limit, cpu_request: CPU as a Kubernetes quantity (``"500m"``, ``2``,
             ``0.5``); defaults 1.0 and 0.5. The request cannot exceed the limit.
         memory_limit, memory_request: Memory as a Kubernetes quantity (``"1.5Gi"``,
             ``"129e6"``) or a byte count. The request cannot exceed the limit.
 
-    Quantities are sent on to Kubernetes exactly as written.
+    Quantities are sent on to Kubernetes exactly as written. ``env`` names must
+    also be names Kubernetes accepts for a container's env: letters, digits, ``_``,
+    ``-`` and ``.``, not starting with a digit (``MY VAR`` and ``1ST`` are refused);
+    see `kubernetes_names`.
     """
 
     kind: ClassVar[str] = "kubernetes"
@@ -348,6 +354,29 @@ class KubernetesRunConfig(RunConfig):
     _check_quantities = validator(
         "cpu_limit", "cpu_request", "memory_limit", "memory_request", pre=True, allow_reuse=True
     )(_check_quantity)
+
+    @validator("env")
+    def _check_kubernetes_env_names(cls, value: Optional[Dict[str, str]]) -> Optional[Dict[str, str]]:
+        for name in value or ():
+            problem = env_var_name_problem(name)
+            if problem:
+                raise ValueError(f"env name {name!r} {problem}: Kubernetes refuses it for a container")
+        return value
+
+    @validator("service_account_name")
+    def _check_service_account_name(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            if not value:
+                raise ValueError(
+                    "service_account_name is empty: leave it out (None) for the "
+                    "namespace's default service account"
+                )
+            problem = dns1123_subdomain_problem(value)
+            if problem:
+                # A long name is cut: the message must stay one readable line.
+                shown = value if len(value) <= 80 else value[:77] + "..."
+                raise ValueError(f"service_account_name {shown!r} {problem}")
+        return value
 
     @validator("image_pull_secrets")
     def _check_pull_secrets(cls, value: Optional[List[str]]) -> Optional[List[str]]:

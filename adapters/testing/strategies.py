@@ -49,10 +49,14 @@ __all__ = [
     "image_pull_policies",
     "image_references",
     "invalid_image_references",
+    "invalid_kubernetes_env_names",
     "invalid_quantity_texts",
     "invalid_run_config_kwargs",
+    "invalid_service_account_names",
     "job_template_paths",
     "job_templates",
+    "kubernetes_env_names",
+    "kubernetes_envs",
     "kubernetes_run_config_kwargs",
     "kubernetes_run_configs",
     "label_texts",
@@ -63,6 +67,7 @@ __all__ = [
     "quantities",
     "quantity_texts",
     "run_configs",
+    "service_account_names",
     "working_dirs",
 ]
 
@@ -133,6 +138,38 @@ def env_values() -> SearchStrategy[str]:
 def envs() -> SearchStrategy[Optional[Dict[str, str]]]:
     """A valid ``env``: None or a mapping of valid names to valid string values."""
     return st.none() | st.dictionaries(env_names(), env_values(), max_size=4)
+
+
+_LETTERS = _UPPER + _UPPER.lower()
+
+
+def kubernetes_env_names() -> SearchStrategy[str]:
+    """An env name Kubernetes accepts for a container (and so `KubernetesRunConfig`):
+    ``[-._a-zA-Z][-._a-zA-Z0-9]*``, neither ``.`` nor ``..`` nor starting with ``..``."""
+    return st.one_of(
+        _words(_UPPER + "_", _UPPER + _DIGITS + "_", 16),
+        _words("-._" + _LETTERS, "-._" + _LETTERS + _DIGITS, 12).filter(
+            lambda name: name != "." and not name.startswith("..")
+        ),
+    )
+
+
+def invalid_kubernetes_env_names() -> SearchStrategy[str]:
+    """An env name `RunConfig` accepts and Kubernetes refuses: a blank, a leading
+    digit, a character outside ``[-._a-zA-Z0-9]`` (non-ASCII letters included),
+    ``.``, ``..`` or a leading ``..``."""
+    valid = kubernetes_env_names()
+    return st.one_of(
+        st.sampled_from(["MY VAR", "1ST", ".", "..", "..A", "A\n", "\u00c9T\u00c9", "A:B", "A/B", "A$"]),
+        st.tuples(st.sampled_from(_DIGITS), valid).map("".join),
+        st.tuples(valid, st.sampled_from(" :/$@+*\t\n\u00e9\u0661"), valid).map("".join),
+    )
+
+
+def kubernetes_envs() -> SearchStrategy[Optional[Dict[str, str]]]:
+    """A valid ``env`` of `KubernetesRunConfig`: None or a mapping of
+    `kubernetes_env_names` to valid string values."""
+    return st.none() | st.dictionaries(kubernetes_env_names(), env_values(), max_size=4)
 
 
 # --- local --------------------------------------------------------------------
@@ -407,6 +444,38 @@ def _remote_template_paths() -> SearchStrategy[str]:
     )
 
 
+def _dns1123_labels(max_size: int) -> SearchStrategy[str]:
+    # One alphanumeric, or alphanumeric ends around [-a-z0-9]*.
+    inner = st.text(_LOWER_ALNUM + "-", max_size=max_size - 2)
+    ends = st.sampled_from(_LOWER_ALNUM)
+    return ends | st.tuples(ends, inner, ends).map("".join)
+
+
+def service_account_names() -> SearchStrategy[str]:
+    """A valid ``service_account_name``: a DNS-1123 subdomain (labels of lowercase
+    letters, digits and ``-``, each starting and ending with a letter or digit,
+    joined by ``.``; at most 253 characters)."""
+    return st.one_of(
+        st.lists(_dns1123_labels(20), min_size=1, max_size=3).map(".".join),
+        # Near the 253-character limit: four labels of 63 or fewer characters.
+        st.lists(_dns1123_labels(63), min_size=4, max_size=4)
+        .map(".".join)
+        .filter(lambda name: len(name) <= 253),
+    )
+
+
+def invalid_service_account_names() -> SearchStrategy[str]:
+    """A string that is not a DNS-1123 subdomain: empty, uppercase, ``_`` or a blank,
+    a label starting or ending with ``-``, an empty label, a trailing newline, or
+    longer than 253 characters."""
+    valid = st.lists(_dns1123_labels(12), min_size=1, max_size=2).map(".".join)
+    return st.one_of(
+        st.sampled_from(["", "Default", "-runner", "runner-", "a..b", ".a", "a.", "a_b", "a b", "a\n", "caf\u00e9", "a.-b"]),
+        st.tuples(valid, st.sampled_from(["A", "_", " ", "..", ".-", "-", "\u00e9"])).map("".join),
+        st.integers(254, 300).map(lambda size: "a" * size),
+    )
+
+
 def image_pull_policies() -> SearchStrategy[str]:
     """A valid ``image_pull_policy``: ``Always``, ``IfNotPresent`` or ``Never``."""
     return st.sampled_from(["Always", "IfNotPresent", "Never"])
@@ -415,8 +484,8 @@ def image_pull_policies() -> SearchStrategy[str]:
 # --- keyword arguments and configs ------------------------------------------------
 
 
-def _common_kwargs() -> Dict[str, SearchStrategy[Any]]:
-    return {"labels": labels(), "env": envs()}
+def _common_kwargs(env: Optional[SearchStrategy[Any]] = None) -> Dict[str, SearchStrategy[Any]]:
+    return {"labels": labels(), "env": envs() if env is None else env}
 
 
 def local_run_config_kwargs(
@@ -470,10 +539,10 @@ def kubernetes_run_config_kwargs(
         st.fixed_dictionaries(
             {},
             optional={
-                **_common_kwargs(),
+                **_common_kwargs(kubernetes_envs()),
                 "image": st.none() | image_references(),
                 "image_pull_secrets": secrets,
-                "service_account_name": st.none() | _words(_LOWER_ALNUM[:26], _LOWER_ALNUM + "-", 16),
+                "service_account_name": st.none() | service_account_names(),
                 "image_pull_policy": image_pull_policies(),
                 "cpu_limit": st.none() | quantities(),
                 "cpu_request": st.none() | quantities(),
@@ -620,7 +689,12 @@ def _invalid_fields(model: RunConfigModel) -> Dict[str, SearchStrategy[Any]]:
                 b"job.yaml",
             ]
         )
-        fields["service_account_name"] = st.sampled_from([5, ["default"]])
+        fields["service_account_name"] = st.sampled_from([5, ["default"]]) | invalid_service_account_names()
+        fields["env"] = fields["env"] | st.tuples(
+            st.dictionaries(kubernetes_env_names(), env_values(), max_size=2),
+            invalid_kubernetes_env_names(),
+            env_values(),
+        ).map(lambda parts: {**parts[0], parts[1]: parts[2]})
         fields["image_pull_policy"] = st.sampled_from(["always", "Sometimes", "", 1, None])
         for field in ("cpu_limit", "cpu_request", "memory_limit", "memory_request"):
             fields[field] = st.one_of(
@@ -686,7 +760,9 @@ def invalid_run_config_kwargs(
 
     ``model(**kwargs)`` must raise `pydantic.ValidationError` whose error
     locations include ``broken_field`` (and never another exception type).
-    Rules broken include: bad labels or env entries, a missing or malformed
+    Rules broken include: bad labels or env entries (for Kubernetes also env
+    names Kubernetes refuses), a service account name that is not a DNS-1123
+    subdomain, a missing or malformed
     image, an invalid API version or host_config, bad ports, a non-existent
     working_dir or template file, an unsupported template scheme, unsafe YAML,
     both templates at once, malformed or negative quantities, a request above

@@ -4,7 +4,8 @@ prefect's own agents running flows against it.
 
 - ``agent_kind``: the kind of agent flow runs are executed by; prefect's
   LocalAgent (`LocalAgentKind`) unless a test module or class overrides the
-  fixture (e.g. with a DockerAgent or KubernetesAgent kind).
+  fixture (e.g. with `KubernetesAgentKind`: prefect's KubernetesAgent on the
+  Kubernetes API double of ``tests/server/kubernetes/``).
 - ``emulator``: a server with one agent of that kind (labels ``lume-services``),
   shared by the tests of the session and reset after each test (its flow runs
   ended, its database emptied but for the agent rows).

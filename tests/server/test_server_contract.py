@@ -2,7 +2,8 @@
 
 Against the emulated Prefect Server always, with every flow run executed by
 prefect's own agent (the ``agent_kind`` fixture: its LocalAgent unless a class
-overrides it) and ``prefect execute flow-run``; against a real Prefect 1 Server
+overrides it, as the Kubernetes class does with its KubernetesAgent) and
+``prefect execute flow-run``; against a real Prefect 1 Server
 with an agent (labels ``lume-services``) when ``LUME_SCHEDULING_TEST_PREFECT_API``
 is set to its GraphQL address (see the README, "Against a real Prefect Server").
 """
@@ -10,6 +11,7 @@ is set to its GraphQL address (see the README, "Against a real Prefect Server").
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Dict, Iterator
 
 import pytest
@@ -17,6 +19,8 @@ import pytest
 from lume_scheduling.adapters.server import DockerBackend, KubernetesBackend, PrefectServerConfig
 from lume_scheduling.adapters.testing.contract import BackendContractSuite
 
+CONFTEST = sys.modules[next(name for name in sys.modules if name.endswith("server.conftest"))]
+EMULATOR = CONFTEST.emulator_module
 EMULATED_IMAGE = "ghcr.io/slac-ml/lume-services:1.0"
 REAL_API = os.environ.get("LUME_SCHEDULING_TEST_PREFECT_API")
 REAL_IMAGE = os.environ.get("LUME_SCHEDULING_TEST_PREFECT_IMAGE", "prefecthq/prefect:1.4.1-python3.11")
@@ -36,6 +40,13 @@ class TestDockerBackendContract(BackendContractSuite):
 
 @pytest.mark.real_agent
 class TestKubernetesBackendContract(BackendContractSuite):
+    """Flow runs executed by prefect's KubernetesAgent: each a batch/v1 Job on the
+    Kubernetes API double, whose container command is ``prefect execute flow-run``."""
+
+    @pytest.fixture
+    def agent_kind(self) -> Any:
+        return EMULATOR.KubernetesAgentKind()
+
     @pytest.fixture
     def backend(self, emulator: Any) -> Iterator[KubernetesBackend]:
         with KubernetesBackend(emulator.config()) as backend:

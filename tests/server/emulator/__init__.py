@@ -28,7 +28,10 @@ Modules, in the order a request meets them:
 """
 
 from .harness import IMAGE, Emulated
-from .agents import DEFAULT_LABELS, RUNNER_SETTINGS, AgentHandle, AgentKind, LocalAgentKind, prefect_environment
+from .agents import (
+    DEFAULT_LABELS, RUNNER_SETTINGS, AgentHandle, AgentKind, KubernetesAgentKind, LocalAgentKind,
+    load_kubernetes_double, prefect_environment,
+)
 from .faults import AGENT, ANY, CLIENT, RUNNER, Faults
 from .hasura import Hasura, HasuraError
 from .routes import Request, Routes
@@ -40,7 +43,7 @@ from .store import TASK_RUN_CREATED, Store
 
 __all__ = [
     "AGENT", "AGENT_API_KEY", "ANY", "Emulated", "IMAGE", "AgentHandle", "AgentKind", "CLIENT", "DEFAULT_LABELS", "EmulatedServer",
-    "Faults", "Hasura", "HasuraError", "LAZARUS_EXCLUDE", "Lazarus", "LocalAgentKind", "LoggedRequest",
+    "Faults", "Hasura", "HasuraError", "KubernetesAgentKind", "LAZARUS_EXCLUDE", "Lazarus", "LocalAgentKind", "LoggedRequest",
     "RUNNER", "RUNNER_SETTINGS", "Request", "Routes", "Rules", "SCHEDULED_STATES", "Settings", "Store",
-    "TASK_RUN_CREATED", "Towel", "ZombieKiller", "prefect_environment",
+    "TASK_RUN_CREATED", "Towel", "ZombieKiller", "load_kubernetes_double", "prefect_environment",
 ]

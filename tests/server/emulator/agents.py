@@ -6,9 +6,11 @@ E with labels L and environment V" and returns an `AgentHandle` that stops it,
 ends the flow runs it started (`reap`), and can make one of them crash
 (`kill_flow_run`). `LocalAgentKind` is the first kind: prefect's LocalAgent in a
 subprocess (see ``launch_local_agent.py``), whose flow runs are
-``python -m prefect execute flow-run`` processes. Other kinds (prefect's
-DockerAgent against a container engine, its KubernetesAgent against a Kubernetes
-API) implement the same two classes and are passed where a kind is asked for.
+``python -m prefect execute flow-run`` processes. `KubernetesAgentKind` runs
+prefect's KubernetesAgent against a Kubernetes API double of its own
+(``tests/server/kubernetes/``), whose Jobs run ``prefect execute flow-run`` as
+processes. Other kinds (prefect's DockerAgent against a container engine)
+implement the same two classes and are passed where a kind is asked for.
 
 Every agent and runner gets the environment of `prefect_environment`: the
 server's address, the key that tells their requests apart, a home and prefect
@@ -25,7 +27,7 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .server import EmulatedServer
 
@@ -275,3 +277,161 @@ class LocalAgentProcess(AgentHandle):
         except (ProcessLookupError, PermissionError):
             pass
         self.process.wait(10)
+
+
+# --- prefect's KubernetesAgent against the Kubernetes API double ---------------------
+
+KUBERNETES_DOUBLE_NAME = "lume_scheduling_tests_kubernetes"
+KUBERNETES_DOUBLE_PATH = Path(__file__).parent.parent / "kubernetes" / "__init__.py"
+# What the KubernetesAgent sets in every container itself, and the agent's own home:
+# never forwarded to the runners as agent env vars.
+_NOT_FORWARDED = {
+    "PREFECT__BACKEND", "PREFECT__CLOUD__API", "PREFECT__CLOUD__API_KEY", "PREFECT__CLOUD__TENANT_ID",
+    "PREFECT__CLOUD__AUTH_TOKEN", "PREFECT__HOME_DIR", "PREFECT__USER_CONFIG_PATH", "PREFECT__BACKEND_CONFIG_PATH",
+}
+
+
+def load_kubernetes_double() -> Any:
+    """The Kubernetes API double (``tests/server/kubernetes/``), imported once by path."""
+    import importlib.util
+
+    if KUBERNETES_DOUBLE_NAME not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            KUBERNETES_DOUBLE_NAME, KUBERNETES_DOUBLE_PATH,
+            submodule_search_locations=[str(KUBERNETES_DOUBLE_PATH.parent)],
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[KUBERNETES_DOUBLE_NAME] = module
+        spec.loader.exec_module(module)
+    return sys.modules[KUBERNETES_DOUBLE_NAME]
+
+
+class KubernetesAgentKind(AgentKind):
+    """prefect's KubernetesAgent in a subprocess (``launch_kubernetes_agent.py``),
+    against a Kubernetes API double of its own; each flow run a batch/v1 Job whose
+    container command (``prefect execute flow-run``) the double runs as a process.
+
+    The runners get what a real KubernetesAgent gives a container: the Job's env
+    (the agent's fixed variables, the run config's env, and the agent's env vars:
+    here every ``PREFECT__`` setting of the agent's environment but its connection
+    and home, e.g. `RUNNER_SETTINGS`), on top of the "image": the test's virtual
+    environment, with ``PYTHONPATH`` as the agent's (Module storage flows).
+
+    Args:
+        loop_interval: Seconds between two polls of the agent.
+        heartbeat_period: Seconds between two heartbeats (``manage_jobs``).
+        namespace: The namespace of the Jobs.
+        pull_seconds: How long each pod stays Pending.
+    """
+
+    key = "kubernetes"
+
+    def __init__(self, loop_interval: float = 0.1, heartbeat_period: float = 1.0, namespace: str = "default",
+                 pull_seconds: float = 0.0) -> None:
+        self.loop_interval = loop_interval
+        self.heartbeat_period = heartbeat_period
+        self.namespace = namespace
+        self.pull_seconds = pull_seconds
+
+    def start(
+        self, server: EmulatedServer, labels: Sequence[str], env: Mapping[str, str], workdir: Path, name: str
+    ) -> "KubernetesAgentProcess":
+        double = load_kubernetes_double()
+        workdir.mkdir(parents=True, exist_ok=True)
+        image_env = {
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
+            "PYTHONUNBUFFERED": "1",
+            "LANG": "C.UTF-8",
+        }
+        if env.get("PYTHONPATH"):
+            image_env["PYTHONPATH"] = env["PYTHONPATH"]
+        api = double.KubernetesApi(workdir / f"{name}-kubernetes", image_env, pull_seconds=self.pull_seconds).start()
+        try:
+            kubeconfig = api.write_kubeconfig(workdir / f"{name}-kubeconfig", self.namespace)
+            agent_env = {k: v for k, v in env.items() if not k.startswith("KUBERNETES_")}  # never in-cluster
+            agent_env["KUBECONFIG"] = str(kubeconfig)
+            command = [sys.executable, str(KUBERNETES_DOUBLE_PATH.with_name("launch_kubernetes_agent.py")),
+                       "--name", name, "--namespace", self.namespace,
+                       "--loop-interval", str(self.loop_interval), "--heartbeat-period", str(self.heartbeat_period)]
+            for label in labels:
+                command += ["--label", label]
+            for key, value in sorted(env.items()):
+                if key.startswith("PREFECT__") and key not in _NOT_FORWARDED:
+                    command += ["--env", f"{key}={value}"]
+            log_path = workdir / f"{name}.log"
+            with open(log_path, "ab") as log:
+                process = subprocess.Popen(
+                    command, env=agent_env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, start_new_session=True,
+                )
+        except BaseException:
+            api.stop()
+            raise
+        return KubernetesAgentProcess(name, labels, log_path, process, api)
+
+
+class KubernetesAgentProcess(AgentHandle):
+    """A KubernetesAgent process and its Kubernetes API double (whose pods run the
+    flow runs).
+
+    Attributes:
+        api: The `KubernetesApi` double; ``api.cluster`` holds its Jobs and pods.
+    """
+
+    def __init__(self, name: str, labels: Sequence[str], log_path: Path, process: "subprocess.Popen[bytes]",
+                 api: Any) -> None:
+        super().__init__(name, labels, log_path)
+        self.process = process
+        self.api = api
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def threads(self) -> List[Any]:
+        """The double's threads (its server and its pods' watchers)."""
+        return self.api.threads()
+
+    def _pods_of(self, flow_run_id: str) -> List[Any]:
+        return [pod for pod in self.api.cluster.all_pods()
+                if pod.object["metadata"]["labels"].get("prefect.io/flow_run_id") == flow_run_id]
+
+    def running(self, flow_run_id: str) -> bool:
+        return any(pod.running() for pod in self._pods_of(flow_run_id))
+
+    def kill_flow_run(self, flow_run_id: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pods = [pod for pod in self._pods_of(flow_run_id) if pod.running()]
+            if pods:
+                for pod in pods:
+                    pod.signal(signal.SIGKILL)  # the container dies: exit 137, pod Failed
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"no pod of agent {self.name!r} runs flow run {flow_run_id}")
+
+    def reap(self) -> None:
+        self.api.cluster.reap()
+
+    def output(self, tail: int = 4000) -> str:
+        text = super().output(tail)
+        for pod in self.api.cluster.all_pods()[-2:]:
+            try:
+                text += f"\n--- pod {pod.name} ---\n" + pod.log_path.read_text(errors="replace")[-tail:]
+            except OSError:
+                pass
+        return text
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait(10)
+        self.api.stop()

@@ -142,7 +142,9 @@ class Emulated:
         self.server.reset(settings)
 
     def threads(self) -> List[threading.Thread]:
-        return self.server.threads()
+        """The server's threads and those of its agents' helpers (e.g. a Kubernetes API double)."""
+        helpers = [t for agent in self.agents for t in getattr(agent, "threads", lambda: [])()]
+        return self.server.threads() + helpers
 
     def close(self) -> None:
         for agent in self.agents:

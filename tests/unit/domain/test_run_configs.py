@@ -81,8 +81,10 @@ class TestLabels:
 
 
 class TestEnvOfEveryKind:
-    @given(model=MODELS, env=rs.envs())
-    def test_valid_env_kept(self, model: type, env: Any) -> None:
+    @given(model=MODELS, data=st.data())
+    def test_valid_env_kept(self, model: type, data: st.DataObject) -> None:
+        # Kubernetes also limits the names (see test_kubernetes_names).
+        env = data.draw(rs.kubernetes_envs() if model is KubernetesRunConfig else rs.envs(), label="env")
         assert build(model, env=env).env == env
 
     @given(model=MODELS, number=st.integers() | st.floats(allow_nan=False, allow_infinity=False))
