@@ -64,6 +64,19 @@ def children(pid: int) -> List[int]:
     return found
 
 
+def has_children() -> bool:
+    """Whether this process has a child (running or a zombie; of any of its
+    threads), asked without reaping one: a single system call."""
+    waitid = getattr(os, "waitid", None)
+    if waitid is None:  # pragma: no cover - not POSIX
+        return bool(children(os.getpid()))
+    try:
+        waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
+
+
 def _children_by_scan(pid: int) -> List[int]:
     """Children of ``pid`` found by reading every process's parent (slower)."""
     found = []
@@ -133,7 +146,9 @@ def kill_tree(pid: int) -> None:
 def end_leftovers() -> None:
     """In a worker, once a run has ended: kill what the run started and left
     running, and reap it (the worker, as subreaper, is its parent by now).
-    Costs a read of ``/proc/self/task/*/children`` when nothing is left."""
+    Costs one ``waitid`` call when nothing is left."""
+    if not has_children():
+        return
     me = os.getpid()
     if not children(me):
         return
@@ -148,4 +163,4 @@ def end_leftovers() -> None:
             time.sleep(0.005)  # killed, not yet gone
 
 
-__all__ = ["become_subreaper", "children", "descendants", "end_leftovers", "kill_descendants", "kill_tree"]
+__all__ = ["become_subreaper", "children", "has_children", "descendants", "end_leftovers", "kill_descendants", "kill_tree"]

@@ -119,7 +119,10 @@ def _importable_as_is(module: types.ModuleType, search_path: List[str]) -> bool:
     if spec is None:
         return False
     if "." not in name:
-        return spec.origin is not None and os.path.realpath(spec.origin) == os.path.realpath(location)
+        if spec.origin is None:
+            return False
+        # The same path is the same file; realpath (a stat per part of the path) only when not.
+        return spec.origin == location or os.path.realpath(spec.origin) == os.path.realpath(location)
     roots = list(spec.submodule_search_locations or ())
     real = os.path.realpath(location)
     return any(real.startswith(os.path.realpath(root) + os.sep) for root in roots)

@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -34,6 +35,8 @@ from ._runs import LocalRun, RunTable
 
 WORKER_MODULE = _worker.__name__
 START_METHODS = ("forkserver", "spawn")
+# What a descriptor in the manager's poll set is.
+_WAKE, _CONN, _SENTINEL = "wake", "conn", "sentinel"
 _JOIN_SECONDS = 2.0
 
 
@@ -63,6 +66,18 @@ class WorkerHandle:
     # Told us it takes no further run (max_runs_per_worker, or a state it could not put back).
     retiring: bool = False
     cache: "OrderedDict[bytes, None]" = field(default_factory=OrderedDict)
+    _poller: Any = field(default=None, repr=False)
+
+    def readable(self) -> bool:
+        """Whether a message (or EOF) waits in the pipe. ``conn.poll()`` would
+        build a selector for every call; this keeps one poll object."""
+        poller = self._poller
+        if poller is None:
+            if not hasattr(select, "poll"):  # pragma: no cover - a platform without poll()
+                return bool(self.conn.poll())
+            poller = self._poller = select.poll()
+            poller.register(self.conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
     @property
     def idle(self) -> bool:
@@ -196,6 +211,11 @@ class ProcessRuntime:
         self.flows_sent = 0
         self._fast_path_warned = False
         self._environ_cache: Optional[Tuple[Dict[bytes, bytes], Dict[str, str]]] = None
+        # The manager's poll set, rebuilt only when the workers change (see `_poll_set`).
+        self._workers_version = 0
+        self._poll_version = -1
+        self._poller: Any = None
+        self._watched: Dict[int, Tuple[str, Optional[WorkerHandle]]] = {}
 
     # ---------------------------------------------------------------- callers
 
@@ -408,6 +428,7 @@ class ProcessRuntime:
             self.workers_started += 1
             with self.runs.lock:
                 self._workers.append(WorkerHandle(process, parent_conn))
+                self._workers_version += 1
 
     def _fail_pending(self, message: str) -> None:
         with self.runs.lock:
@@ -416,7 +437,42 @@ class ProcessRuntime:
             while self._pending:
                 self.runs.end(self._pending.popleft(), FlowRunState.CRASHED, message)
 
+    def _poll_set(self) -> Tuple[Any, Dict[int, Tuple[str, Optional[WorkerHandle]]]]:
+        """The manager's poll object over the wake pipe and every worker's pipe
+        and sentinel, and what each descriptor is. Kept from one wait to the
+        next and made afresh only when the workers changed (the manager
+        reaps, and so closes descriptors, only between waits): building it for
+        every wait was most of the manager's work per run."""
+        if self._poller is None or self._poll_version != self._workers_version:
+            with self.runs.lock:
+                version = self._workers_version
+                workers = list(self._workers)
+            poller = select.poll()
+            watched: Dict[int, Tuple[str, Optional[WorkerHandle]]] = {self._wake_r.fileno(): (_WAKE, None)}
+            for worker in workers:
+                watched[worker.conn.fileno()] = (_CONN, worker)
+                watched[worker.process.sentinel] = (_SENTINEL, worker)
+            for fd in watched:
+                poller.register(fd, select.POLLIN)
+            self._poller, self._watched, self._poll_version = poller, watched, version
+        return self._poller, self._watched
+
     def _wait_and_handle(self) -> None:
+        if not hasattr(select, "poll"):  # pragma: no cover - a platform without poll()
+            self._wait_and_handle_portably()
+            return
+        poller, watched = self._poll_set()
+        ready = [watched[fd] for fd, _ in poller.poll() if fd in watched]
+        for kind, worker in ready:
+            if kind == _WAKE:
+                self._drain_wake()
+            elif kind == _CONN and worker is not None:
+                self._read(worker, ready=True)
+        for kind, worker in ready:
+            if kind == _SENTINEL and worker is not None:
+                self._reap(worker)
+
+    def _wait_and_handle_portably(self) -> None:
         workers = list(self._workers)
         by_conn = {worker.conn: worker for worker in workers}
         by_sentinel = {worker.process.sentinel: worker for worker in workers}
@@ -436,11 +492,14 @@ class ProcessRuntime:
             while self._wake_r.poll():
                 self._wake_r.recv_bytes()
 
-    def _read(self, worker: WorkerHandle) -> None:
+    def _read(self, worker: WorkerHandle, ready: bool = False) -> None:
+        """Handle every message waiting in the worker's pipe (``ready``: the
+        manager's poll has just said one is there)."""
         while not worker.dead:
             try:
-                if not worker.conn.poll():
+                if not ready and not worker.readable():
                     return
+                ready = False
                 data = worker.conn.recv_bytes()
             except (EOFError, OSError):
                 return  # the sentinel follows
@@ -487,6 +546,7 @@ class ProcessRuntime:
             worker.run = None
             if worker in self._workers:
                 self._workers.remove(worker)
+                self._workers_version += 1
         # Before it is reaped: until then its pid (the group's id) cannot be reused.
         _kill_group_left_by(worker.process.pid)
         worker.process.join()
@@ -507,6 +567,8 @@ class ProcessRuntime:
         with self.runs.lock:
             workers = list(self._workers)
             self._workers.clear()
+            self._workers_version += 1
+            self._poller = None
             for worker in workers:
                 worker.dead = True
         for worker in workers:

@@ -15,6 +15,45 @@ from lume_scheduling.domain import (
 )
 
 
+class RunEnded:
+    """Set once, when a run ends; any number of threads wait for it.
+
+    `threading.Event` does the same through a `threading.Condition`: a waiter
+    woken by ``set`` must then take the condition's lock again, often still
+    held by the setter (a second wake-up). Here a waiter waits on one lock,
+    held from creation until ``set`` releases it, and passes it on at once.
+    """
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._gate = threading.Lock()
+        self._gate.acquire()
+
+    def is_set(self) -> bool:
+        """Whether the run has ended."""
+        return self._flag
+
+    def set(self) -> None:
+        """Mark the run ended and wake every waiter. Call it once."""
+        self._flag = True
+        self._gate.release()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the run has ended or ``timeout`` seconds passed (None:
+        as long as it takes). Returns whether it has ended."""
+        if self._flag:
+            return True
+        if timeout is None:
+            got = self._gate.acquire()
+        elif timeout > 0:
+            got = self._gate.acquire(timeout=timeout)
+        else:
+            got = self._gate.acquire(False)
+        if got:
+            self._gate.release()  # the next waiter passes too
+        return self._flag
+
+
 @dataclass(eq=False)
 class LocalRun:
     """One flow run of a local backend.
@@ -35,7 +74,7 @@ class LocalRun:
     run_config: LocalRunConfig
     state: FlowRunState = FlowRunState.SCHEDULED
     result: Optional[FlowRunResult] = None
-    done: threading.Event = field(default_factory=threading.Event, repr=False)
+    done: RunEnded = field(default_factory=RunEnded, repr=False)
     job: Any = field(default=None, repr=False)
     worker: Any = field(default=None, repr=False)
 

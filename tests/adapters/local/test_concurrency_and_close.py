@@ -15,8 +15,31 @@ import time
 import pytest
 
 from lume_scheduling.adapters.local import LocalBackend
+from lume_scheduling.adapters.local._runs import RunEnded
 from lume_scheduling.adapters.testing import flows
 from lume_scheduling.domain import BackendUnavailableError, FlowRunState
+
+
+class TestRunEnded:
+    def test_every_waiter_passes_once_it_is_set(self) -> None:
+        ended = RunEnded()
+        passed = []
+        waiters = [threading.Thread(target=lambda: passed.append(ended.wait())) for _ in range(8)]
+        for waiter in waiters:
+            waiter.start()
+        assert not ended.is_set()
+        ended.set()
+        for waiter in waiters:
+            waiter.join(30)
+        assert passed == [True] * 8
+        assert ended.is_set() and ended.wait() and ended.wait(0) and ended.wait(0.01)
+
+    def test_a_wait_that_times_out_says_it_has_not_ended(self) -> None:
+        ended = RunEnded()
+        assert ended.wait(0) is False
+        assert ended.wait(0.01) is False
+        assert ended.wait(-1) is False
+        assert not ended.is_set()
 
 
 class TestConcurrency:

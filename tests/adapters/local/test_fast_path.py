@@ -46,6 +46,31 @@ with Flow("fast-path-state") as fast_path_flow:
     fast_path_state()
 
 
+@task(name="flow_module_time")
+def flow_module_time() -> Tuple[bool, List[float]]:
+    """Whether prefect.core.flow sees the time module itself, and the sleeps it
+    would ask for (zero sleeps are skipped by the fast path)."""
+    import time as time_module
+
+    import prefect.core.flow as flow_module
+
+    if flow_module.time is time_module:
+        return True, []  # Prefect's own (and this may be the caller's process: patch nothing)
+    asked: List[float] = []
+    real = time_module.sleep
+    time_module.sleep = asked.append  # type: ignore[assignment]
+    try:
+        flow_module.time.sleep(0)
+        flow_module.time.sleep(0.25)
+    finally:
+        time_module.sleep = real
+    return False, asked
+
+
+with Flow("flow-module-time") as flow_module_time_flow:
+    flow_module_time()
+
+
 def _prefect_call_is_prefects_own() -> bool:
     return _fast_context.source_digest(Context.__call__.__wrapped__) == _fast_context.EXPECTED_SOURCES[
         "prefect.utilities.context.Context.__call__"
@@ -67,6 +92,16 @@ class TestWhereItIsOn:
     def test_off_for_in_process_runs(self, in_process: LocalBackend) -> None:
         assert in_process.run_and_return({}, None, "fast_path_state", flow=fast_path_flow) == (False, False)
         assert _prefect_call_is_prefects_own()
+
+    def test_flow_run_skips_only_zero_sleeps_in_worker_processes(
+        self, isolated: LocalBackend, in_process: LocalBackend
+    ) -> None:
+        assert isolated.run_and_return({}, None, "flow_module_time", flow=flow_module_time_flow) == (False, [0.25])
+        assert in_process.run_and_return({}, None, "flow_module_time", flow=flow_module_time_flow) == (True, [])
+        import prefect.core.flow as flow_module
+        import time as time_module
+
+        assert flow_module.time is time_module
 
     def test_prefect_here_is_the_version_it_was_written_against(self) -> None:
         assert prefect.__version__ == _fast_context.PREFECT_VERSION

@@ -20,6 +20,7 @@ from prefect import Flow, Parameter, Task, task
 from prefect.engine.results import LocalResult
 
 from lume_scheduling.adapters.local import LocalBackend
+from lume_scheduling.adapters.local._run_path import set_timer_slack, timer_slack
 from lume_scheduling.domain import FlowRunState
 
 
@@ -248,6 +249,28 @@ def change_process_state() -> int:
     return os.getpid()
 
 
+@task(name="read_timer_slack")
+def read_timer_slack() -> Any:
+    return timer_slack()
+
+
+@task(name="change_timer_slack")
+def change_timer_slack() -> int:
+    assert set_timer_slack(250_000)
+    return os.getpid()
+
+
+@task(name="read_env_var")
+def read_env_var(name: str) -> str:
+    return os.environ.get(name, "unset")
+
+
+@task(name="set_env_var")
+def set_env_var(name: str) -> int:
+    os.environ[name] = "set by a task"
+    return os.getpid()
+
+
 def _one_task_flow(flow_name: str, task_obj: Any, *parameters: str) -> Flow:
     """A flow of one task whose arguments are the parameters named."""
     with Flow(flow_name) as flow:
@@ -302,6 +325,29 @@ class TestEveryRunStartsClean:
         assert before[2] == (0.0, 0.0) and before[4] is False
         worker = one_worker.run_and_return({}, None, "change_signals", flow=_one_task_flow("signals", change_signals))
         assert one_worker.run_and_return({}, None, "signal_state", flow=read) == before
+        assert one_worker.run_and_return({}, None, "pid", flow=_one_task_flow("pid", pid)) == worker
+
+    @pytest.mark.skipif(timer_slack() is None, reason="timer slack is a Linux setting")
+    def test_timers_are_precise_and_a_timer_slack_set_by_a_run_is_gone_for_the_next(
+        self, one_worker: LocalBackend
+    ) -> None:
+        read = _one_task_flow("timer-slack", read_timer_slack)
+        assert one_worker.run_and_return({}, None, "read_timer_slack", flow=read) == 1
+        worker = one_worker.run_and_return(
+            {}, None, "change_timer_slack", flow=_one_task_flow("set-slack", change_timer_slack)
+        )
+        assert one_worker.run_and_return({}, None, "read_timer_slack", flow=read) == 1
+        assert one_worker.run_and_return({}, None, "pid", flow=_one_task_flow("pid", pid)) == worker
+
+    def test_a_variable_a_task_set_in_os_environ_is_gone_for_the_next_run(self, one_worker: LocalBackend) -> None:
+        # The same environ sent twice: the worker must still notice what the run changed.
+        read = _one_task_flow("read-env", read_env_var, "name")
+        name = "LUME_SET_BY_A_TASK"
+        assert one_worker.run_and_return({"name": name}, None, "read_env_var", flow=read) == "unset"
+        worker = one_worker.run_and_return(
+            {"name": name}, None, "set_env_var", flow=_one_task_flow("set-env", set_env_var, "name")
+        )
+        assert one_worker.run_and_return({"name": name}, None, "read_env_var", flow=read) == "unset"
         assert one_worker.run_and_return({}, None, "pid", flow=_one_task_flow("pid", pid)) == worker
 
     def test_the_umask_and_log_handlers_set_by_a_run_are_gone_for_the_next(
