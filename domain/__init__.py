@@ -30,6 +30,7 @@ from .results import (
 from .run_configs import (
     RUN_CONFIG_KINDS,
     RUN_CONFIG_TYPES,
+    DaskRunConfig,
     DockerRunConfig,
     KubernetesRunConfig,
     LocalRunConfig,
@@ -39,6 +40,7 @@ from .run_configs import (
 
 __all__ = [
     "BackendUnavailableError",
+    "DaskRunConfig",
     "DockerRunConfig",
     "EmptyResultError",
     "FlowFailedError",
