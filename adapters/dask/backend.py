@@ -175,6 +175,8 @@ class DaskBackend(Backend):
                     threads_per_worker=threads_per_worker or 1,
                     processes=True,
                     dashboard_address=None,
+                    # No dashboard; its HTTP server (health, metrics) on a free port.
+                    scheduler_kwargs={"dashboard_address": ":0"},
                 )
                 cluster = self._owned_cluster
             self._client = Client(

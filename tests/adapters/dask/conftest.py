@@ -104,7 +104,13 @@ def descendants() -> List[int]:
 
 def make_cluster(**kwargs: Any) -> LocalCluster:
     """A LocalCluster as the embedded backend makes it (processes, one thread each)."""
-    options = {"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    options = {
+        "n_workers": 2,
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": None,
+        "scheduler_kwargs": {"dashboard_address": ":0"},
+    }
     options.update(kwargs)
     return LocalCluster(**options)
 
