@@ -55,8 +55,9 @@ from ._worker_side import (
 
 LOGGER_NAME = "lume_scheduling.dask"
 DATASET_PREFIX = "lume-scheduling-run-"
-# Scheduler states of a task that has a worker (queued ones wait for a thread).
-_RUNNING_STATES = ("processing", "memory")
+# Scheduler states of a task that has ended (its future is told soon after).
+_ENDED_STATES = ("memory", "erred")
+_NEWS_SECONDS = 30.0
 
 
 def dataset_name(flow_run_id: str) -> str:
@@ -80,6 +81,8 @@ class _DaskRun:
     run_config: Optional[DaskRunConfig] = None
     labels: List[str] = field(default_factory=list)
     published: bool = False
+    # Found through the scheduler's datasets (submitted by another backend).
+    foreign: bool = False
     result: Optional[FlowRunResult] = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -338,9 +341,7 @@ class DaskBackend(Backend):
             self._runs[flow_run_id] = run
         if self._publish:
             try:
-                client.publish_dataset(
-                    **{dataset_name(flow_run_id): {"future": future, "flow_name": flow.name, "labels": list(config.labels)}}
-                )
+                client.publish_dataset(**{dataset_name(flow_run_id): _published(run)})
             except Exception as err:
                 future.cancel()
                 raise BackendUnavailableError(
@@ -368,7 +369,24 @@ class DaskBackend(Backend):
             states = self._client.run_on_scheduler(_scheduler_states, keys=[key])
         except Exception:  # noqa: BLE001 - a scheduler without our plugin: say what we know
             return FlowRunState.SCHEDULED
-        return FlowRunState.RUNNING if states.get(key) in _RUNNING_STATES else FlowRunState.SCHEDULED
+        state = states.get(key)
+        if state is None and run.foreign:
+            with run.lock:
+                if run.result is None:
+                    run.result = self._ended(
+                        run, FlowRunState.CRASHED, "the Dask scheduler no longer has the run's task (it was lost)"
+                    )
+            return run.result.state
+        if state in _ENDED_STATES:
+            # Done on the cluster; this client's future hears of it in a moment.
+            try:
+                self._wait_for(run, _NEWS_SECONDS)
+            except TimeoutError:
+                return FlowRunState.RUNNING
+            self._collect(run)
+            assert run.result is not None
+            return run.result.state
+        return FlowRunState.RUNNING if state == "processing" else FlowRunState.SCHEDULED
 
     def _wait(self, flow_run_id: str, timeout: Optional[float]) -> FlowRunState:
         run = self._run(flow_run_id)
@@ -412,6 +430,11 @@ class DaskBackend(Backend):
                 return False
             run.result = self._ended(run, FlowRunState.CANCELLED, "the flow run was cancelled")
         try:
+            if run.published:
+                # Readers in other processes find it cancelled, not merely gone.
+                self._client.publish_dataset(
+                    **{dataset_name(flow_run_id): _published(run, cancelled=True)}, override=True
+                )
             # force: cancelled for every client holding it (another process's too).
             self._client.cancel([run.future], force=True)
         except Exception as err:
@@ -445,7 +468,10 @@ class DaskBackend(Backend):
             published["future"],
             labels=list(published.get("labels") or ()),
             published=True,
+            foreign=True,
         )
+        if published.get("cancelled"):
+            run.result = self._ended(run, FlowRunState.CANCELLED, "the flow run was cancelled")
         with self._lock:
             return self._runs.setdefault(flow_run_id, run)
 
@@ -491,6 +517,11 @@ class DaskBackend(Backend):
                 self._logger.handle(record)
         except Exception:  # noqa: BLE001 - a log line must never break the client
             pass
+
+
+def _published(run: _DaskRun, cancelled: bool = False) -> Dict[str, Any]:
+    """What a published run's dataset holds."""
+    return {"future": run.future, "flow_name": run.flow_name, "labels": list(run.labels), "cancelled": cancelled}
 
 
 def _scheduler_states(dask_scheduler: Any, keys: List[str]) -> Dict[str, Optional[str]]:
