@@ -15,11 +15,16 @@ child's result and returns it (a `FlowRunResult`, secrets masked).
   ``released``; the plugin's ``transition`` hook sees it and kills the child
   (its process group and every process it started). The task then returns a
   CANCELLED record, which Dask drops.
-* `RunLedger` (a scheduler plugin) counts the starts of each run. A Dask worker
-  that dies mid-run makes the scheduler start the task again elsewhere; the
-  second start finds the first in the ledger and returns CRASHED without
-  running the flow again, so a killed worker fails only its run, and a flow
-  never runs twice. Entries go when the scheduler forgets the task.
+* `RunLedger` (a scheduler plugin) records which worker started each run: a
+  worker tells the scheduler when it starts a flow (a fire-and-forget message
+  on its own stream to the scheduler, no round trip). A Dask worker that dies
+  mid-run makes the scheduler start the task again elsewhere; the ledger then
+  annotates the task with the worker that started it, and the second start
+  sees the annotation and returns CRASHED without running the flow again, so
+  a killed worker fails only its run. (A worker that dies within the few
+  milliseconds between starting a run and its stream reaching the scheduler
+  leaves no record: Dask then starts that run again, as it would any task.)
+  Entries go when the run ends.
 
 Both are registered by `DaskBackend` when it connects, idempotently (a second
 backend on the same cluster shares them). Workers and scheduler must be able to
@@ -39,7 +44,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from distributed import get_worker
 from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
-from distributed.utils import sync
 
 from lume_scheduling.adapters.local._payload import FlowPayload
 from lume_scheduling.adapters.local._processes import Job, ProcessRuntime
@@ -51,7 +55,8 @@ from lume_scheduling.domain.secrets import secret_values
 KEY_PREFIX = "lume-run-"
 WORKER_PLUGIN = "lume-scheduling-runs"
 SCHEDULER_PLUGIN = "lume-scheduling-ledger"
-ATTEMPT_HANDLER = "lume_scheduling_attempt"
+STARTED_OP = "lume-scheduling-started"
+STARTED_ANNOTATION = "lume-scheduling-started-on"
 LOG_TOPIC = "lume-scheduling-log"
 WORKER_LOGGER = "lume_scheduling.dask.worker"
 # Cancels that reached a worker before (or without) their task: bounded.
@@ -240,14 +245,17 @@ class RunProcesses(WorkerPlugin):
 
     def execute(self, key: str, request: RunRequest) -> FlowRunResult:
         """Run one flow in a child process and wait for it (the task's thread)."""
-        previous = self._earlier_starts(key)
-        if previous:
+        worker = self._worker
+        task = worker.state.tasks.get(key)
+        started_on = (getattr(task, "annotations", None) or {}).get(STARTED_ANNOTATION)
+        if started_on:
             return _record(
                 request,
                 FlowRunState.CRASHED,
-                f"the Dask worker running the flow died ({previous[-1]}); "
-                "the flow run is not started again",
+                f"the Dask worker running the flow died ({started_on}); the flow run is not started again",
             )
+        # Fire and forget, from the worker's loop (its stream is not thread-safe).
+        worker.loop.add_callback(worker.batched_send, {"op": STARTED_OP, "key": key})
         environ = dict(os.environ)
         environ.update(request.env or {})
         sys_path = list(request.sys_path)
@@ -284,16 +292,6 @@ class RunProcesses(WorkerPlugin):
         assert run.result is not None
         return run.result.masked(secret_values(request.env))
 
-    def _earlier_starts(self, key: str) -> List[str]:
-        """Record this start in the scheduler's ledger; the workers that started
-        the run before (empty on its first start)."""
-        worker = self._worker
-        try:
-            handler = getattr(worker.scheduler, ATTEMPT_HANDLER)
-            return list(sync(worker.loop, handler, key=key, worker=worker.address))
-        except Exception:  # noqa: BLE001 - no ledger on that scheduler: Dask's own rule applies
-            return []
-
     def running(self) -> int:
         """Runs executing in this worker's children now (for tests)."""
         with self._lock:
@@ -308,14 +306,14 @@ class RunProcesses(WorkerPlugin):
 
 
 class RunLedger(SchedulerPlugin):
-    """The scheduler's record of which workers started each run; see the module
-    docstring."""
+    """The scheduler's record of which worker started each run that has not
+    ended; see the module docstring."""
 
     idempotent = True
     name = SCHEDULER_PLUGIN
 
     def __init__(self) -> None:
-        self._starts: Dict[str, List[str]] = {}
+        self._started: Dict[str, str] = {}
         self._scheduler: Any = None
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -326,15 +324,24 @@ class RunLedger(SchedulerPlugin):
 
     async def start(self, scheduler: Any) -> None:
         self._scheduler = scheduler
-        scheduler.handlers[ATTEMPT_HANDLER] = self.attempt
+        scheduler.stream_handlers[STARTED_OP] = self.started
 
-    def attempt(self, key: str, worker: str) -> List[str]:
-        """Record that ``worker`` starts ``key``; the workers that started it before."""
-        starts = self._starts.setdefault(key, [])
-        earlier = list(starts)
-        starts.append(worker)
-        return earlier
+    def started(self, key: str, worker: str, **_: Any) -> None:
+        """A worker's message: it starts the flow of ``key`` now."""
+        task = self._scheduler.tasks.get(key)
+        if task is not None and task.processing_on is not None and task.processing_on.address == worker:
+            self._started[key] = worker
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        if finish == "forgotten" and isinstance(key, str) and key in self._starts:
-            del self._starts[key]
+        # On the scheduler's loop, for every task: one dict lookup for others.
+        worker = self._started.get(key) if isinstance(key, str) else None
+        if worker is None:
+            return
+        if finish in ("memory", "erred", "forgotten"):
+            del self._started[key]
+        elif start == "processing":
+            # Started, and leaving its worker without a result: that worker is gone.
+            del self._started[key]
+            task = self._scheduler.tasks.get(key)
+            if task is not None:
+                task.annotations = {**(task.annotations or {}), STARTED_ANNOTATION: worker}

@@ -390,12 +390,31 @@ class DaskBackend(Backend):
 
     def _wait(self, flow_run_id: str, timeout: Optional[float]) -> FlowRunState:
         run = self._run(flow_run_id)
-        if run.result is None:
-            try:
-                self._wait_for(run, timeout)
-            except TimeoutError:
-                pass
-        return self._get_state(flow_run_id)
+        if run.result is None and not self._fetch(run, timeout):
+            return self._get_state(flow_run_id)
+        assert run.result is not None
+        return run.result.state
+
+    def _fetch(self, run: _DaskRun, timeout: Optional[float]) -> bool:
+        """Wait for the run's record and read it (one trip through the client's
+        loop); False if ``timeout`` seconds passed first."""
+        if run.result is not None:
+            return True
+        try:
+            value = run.future.result(timeout=timeout)
+        except TimeoutError:
+            return False
+        except Exception:  # noqa: BLE001 - cancelled, erred, lost: the future's status says which
+            if self._client is None:
+                raise BackendUnavailableError("DaskBackend", "it was closed") from None
+            self._collect(run)
+            return True
+        with run.lock:
+            if run.result is None:
+                run.result = value
+        if not run.published:
+            run.future.release()
+        return True
 
     def _wait_for(self, run: _DaskRun, timeout: Optional[float]) -> None:
         """Until the run's future is done (TimeoutError after ``timeout`` s)."""
@@ -415,9 +434,7 @@ class DaskBackend(Backend):
 
     def _get_result(self, flow_run_id: str) -> FlowRunResult:
         run = self._run(flow_run_id)
-        if run.result is None:
-            self._wait_for(run, None)
-            self._collect(run)
+        self._fetch(run, None)
         assert run.result is not None
         return run.result
 
