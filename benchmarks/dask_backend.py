@@ -7,15 +7,19 @@ at once):
 1. 200 runs of a 1-task flow: serial raw ``flow.run()``, ``LocalBackend()``
    and ``DaskBackend()`` (embedded LocalCluster); the backends get the 200
    runs submitted at once, then every result is read;
-2. 20 runs of a 0.2 s pure-Python task, the same way.
+2. 20 runs of a 0.2 s pure-Python task, the same way;
+3. the ceiling one Dask task per run puts on the first: 200 no-op Dask tasks
+   (``client.submit`` of a function returning its argument, then each
+   ``future.result()``) on the same cluster.
 
 Each backend measurement is the median of ``--rounds`` rounds, interleaved
 (a busy machine slows all alike), after a warm-up that starts every worker.
 The load average is printed at the start and the end. The last line is::
 
-    dask: throughput_vs_local=<float> cpu_heavy_vs_local=<float> throughput_vs_raw=<float> cpu_heavy_vs_raw=<float>
+    dask: throughput_vs_local=<float> cpu_heavy_vs_local=<float> throughput_vs_raw=<float> cpu_heavy_vs_raw=<float> noop_tasks_vs_local=<float>
 
-(runs per second of DaskBackend over LocalBackend's, and over serial raw runs).
+(runs per second of DaskBackend over LocalBackend's, and over serial raw runs;
+the last: no-op Dask tasks per second over LocalBackend's 1-task flow runs).
 Target on one machine: within 20% of LocalBackend (ratios >= 0.8).
 
     python benchmarks/dask_backend.py [--runs 200] [--heavy 20] [--rounds 5] [--workers N]
@@ -92,6 +96,22 @@ def all_at_once(backend: Any, flow: Flow, parameters: List[Dict[str, int]], task
     return elapsed
 
 
+def noop(x: int) -> int:
+    """x: a Dask task that does nothing."""
+    return x
+
+
+def dask_noops(client: Any, count: int) -> float:
+    """Seconds for ``count`` no-op Dask tasks, submitted at once, results read one by one."""
+    start = time.perf_counter()
+    futures = [client.submit(noop, index, pure=False) for index in range(count)]
+    assert [future.result() for future in futures] == list(range(count))
+    elapsed = time.perf_counter() - start
+    for future in futures:
+        future.release()
+    return elapsed
+
+
 def warm_up(backend: Any, flow: Flow, workers: int) -> None:
     """Every worker up and holding the flow."""
     for _ in range(2):
@@ -151,6 +171,7 @@ def main() -> None:
             },
             args.rounds,
         )
+        noop_times = rounds_of({"dask": lambda: dask_noops(dask.client, args.runs)}, args.rounds)
         heavy_times = rounds_of(
             {
                 "local": lambda: timed(local, heavy, heavy_parameters, "spin", None),
@@ -161,19 +182,24 @@ def main() -> None:
 
     def line(label: str, count: int, raw: float, times: Dict[str, float]) -> None:
         print(
-            f"{label:<28}{count/raw:>10.1f}{count/times['local']:>12.1f}{count/times['dask']:>12.1f}"
+            f"{label:<28}{count/raw:>11.1f}{count/times['local']:>13.1f}{count/times['dask']:>12.1f}"
             f"{times['local']/times['dask']:>14.3f}{raw/times['dask']:>12.2f}"
         )
 
-    print(f"\n{'runs/s':<28}{'raw serial':>10}{'LocalBackend':>12}{'DaskBackend':>12}{'dask/local':>14}{'dask/raw':>12}")
+    print(f"\n{'runs/s':<28}{'raw serial':>11}{'LocalBackend':>13}{'DaskBackend':>12}{'dask/local':>14}{'dask/raw':>12}")
     line(f"{args.runs} x 1-task flow", args.runs, raw_light, light_times)
     line(f"{args.heavy} x 0.2 s CPU task", args.heavy, raw_heavy, heavy_times)
+    print(
+        f"{args.runs} no-op Dask tasks{'':<8}{'':>11}{'':>13}{args.runs/noop_times['dask']:>12.1f}"
+        f"{light_times['local']/noop_times['dask']:>14.3f}   (the ceiling of one Dask task per run)"
+    )
     print(f"\nload average at the end {load()}")
     print(
         f"dask: throughput_vs_local={light_times['local']/light_times['dask']:.3f} "
         f"cpu_heavy_vs_local={heavy_times['local']/heavy_times['dask']:.3f} "
         f"throughput_vs_raw={raw_light/light_times['dask']:.2f} "
-        f"cpu_heavy_vs_raw={raw_heavy/heavy_times['dask']:.2f}"
+        f"cpu_heavy_vs_raw={raw_heavy/heavy_times['dask']:.2f} "
+        f"noop_tasks_vs_local={light_times['local']/noop_times['dask']:.3f}"
     )
 
 
