@@ -192,7 +192,17 @@ def _use_backend(state: CliState, backend: Optional[str]) -> None:
 
 def _require_server_kind(state: CliState, command: str) -> None:
     """Commands that address a run by id need a server: local runs live in their process."""
-    kind = state.settings().backend
+    settings = state.settings()
+    kind = settings.backend
+    if kind == "dask":
+        if settings.dask.address is None:
+            raise CliError(
+                f"{command} needs a Dask scheduler address (dask.address, or "
+                "LUME_SCHEDULING_DASK__ADDRESS=tcp://host:8786): runs of the embedded Dask "
+                f"cluster live in the process that started them; use '{PROG} run' instead",
+                EXIT_USAGE,
+            )
+        return
     if kind not in SERVER_KINDS:
         raise CliError(
             f"{command} needs a server backend (--backend docker or kubernetes): runs of the "

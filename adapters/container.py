@@ -12,7 +12,8 @@ Providers:
   raises `SettingsError` naming it).
 - ``backend``: a `providers.Selector` on ``settings.backend`` choosing
   ``local`` (`LocalBackend`), ``docker`` (`DockerBackend`), ``kubernetes``
-  (`KubernetesBackend`) or ``fake`` (`InMemoryBackend`). Each choice is a
+  (`KubernetesBackend`), ``fake`` (`InMemoryBackend`) or ``dask``
+  (`DaskBackend`). Each choice is a
   `providers.Resource`: built once on first use, shared afterwards, and closed
   by ``container.shutdown_resources()``.
 - ``service``: a `providers.Factory` of `SchedulingService` over that one
@@ -123,6 +124,26 @@ def fake_backend(settings: Settings) -> Iterator[Backend]:
         backend.close()
 
 
+def dask_backend(settings: Settings) -> Iterator[Backend]:
+    """A `DaskBackend` on ``settings.dask`` (an address, or an embedded
+    LocalCluster), closed on shutdown; runs are published when an address is
+    given, unless ``publish_runs`` says otherwise."""
+    dask_type = _import("lume_scheduling.adapters.dask", "DaskBackend", "dask")
+    dask = settings.dask
+    options: Dict[str, Any] = {}
+    if dask.address is not None:
+        options["address"] = dask.address
+    for key in ("n_workers", "threads_per_worker"):
+        if getattr(dask, key) is not None:
+            options[key] = getattr(dask, key)
+    publish = dask.publish_runs if dask.publish_runs is not None else dask.address is not None
+    backend = dask_type(publish_runs=publish, **options)
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
 class Container(containers.DeclarativeContainer):
     """Builds the configured `Backend` and a `SchedulingService` over it.
 
@@ -150,6 +171,7 @@ class Container(containers.DeclarativeContainer):
         docker=providers.Resource(docker_backend, settings),
         kubernetes=providers.Resource(kubernetes_backend, settings),
         fake=providers.Resource(fake_backend, settings),
+        dask=providers.Resource(dask_backend, settings),
     )
 
     service = providers.Factory(SchedulingService, backend=backend)
@@ -178,6 +200,7 @@ __all__ = [
     "Container",
     "backend_kind",
     "create_container",
+    "dask_backend",
     "docker_backend",
     "fake_backend",
     "kubernetes_backend",

@@ -50,8 +50,8 @@ ENV_PREFIX = "LUME_SCHEDULING_"
 ENV_BACKEND = ENV_PREFIX + "BACKEND"
 ENV_SECTION_SEPARATOR = "__"
 
-BACKEND_KINDS: Tuple[str, ...] = ("local", "docker", "kubernetes", "fake")
-BackendKind = Literal["local", "docker", "kubernetes", "fake"]
+BACKEND_KINDS: Tuple[str, ...] = ("local", "docker", "kubernetes", "fake", "dask")
+BackendKind = Literal["local", "docker", "kubernetes", "fake", "dask"]
 
 _TOML_SUFFIXES = (".toml",)
 _YAML_SUFFIXES = (".yaml", ".yml")
@@ -225,6 +225,37 @@ def server_config_problems(server: ServerSettings) -> List[Tuple[str, str]]:
     return []
 
 
+class DaskSettings(_Section):
+    """The Dask backend (`DaskBackend`).
+
+    Attributes:
+        address: A Dask scheduler to join (``tcp://host:8786``); None starts an
+            embedded LocalCluster for the backend's life.
+        n_workers: Worker processes of the embedded cluster; None: one per core.
+        threads_per_worker: Runs at once per worker of the embedded cluster;
+            None: 1.
+        publish_runs: Publish runs on the scheduler so other processes can
+            address them by id; None: only when ``address`` is given.
+    """
+
+    address: Optional[StrictStr] = None
+    n_workers: Optional[conint(strict=True, ge=1)] = None  # type: ignore[valid-type]
+    threads_per_worker: Optional[conint(strict=True, ge=1)] = None  # type: ignore[valid-type]
+    publish_runs: Optional[StrictBool] = None
+
+    @validator("address")
+    def _check_address(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and (not value.strip() or value != value.strip()):
+            raise ValueError(f"address must be a scheduler address such as tcp://host:8786, not {value!r}")
+        return value
+
+    @validator("n_workers", "threads_per_worker")
+    def _check_embedded_only(cls, value: Optional[int], values: Dict[str, Any], field: Any) -> Optional[int]:
+        if value is not None and values.get("address") is not None:
+            raise ValueError(f"{field.name} sizes the embedded cluster only; leave it out with an address")
+        return value
+
+
 class FakeSettings(_Section):
     """The in-memory fake (`InMemoryBackend`), for tests and demos.
 
@@ -241,16 +272,18 @@ class Settings(_Section):
 
     Attributes:
         backend: Which backend the container builds: ``local``, ``docker``,
-            ``kubernetes`` or ``fake``.
+            ``kubernetes``, ``fake`` or ``dask``.
         local: Settings of the local backend.
         server: Settings of the docker and kubernetes backends (one Prefect Server).
         fake: Settings of the fake.
+        dask: Settings of the Dask backend.
     """
 
     backend: BackendKind = "local"
     local: LocalSettings = LocalSettings()
     server: ServerSettings = ServerSettings()
     fake: FakeSettings = FakeSettings()
+    dask: DaskSettings = DaskSettings()
 
     @classmethod
     def from_mapping(
@@ -567,6 +600,7 @@ __all__ = [
     "ENV_PREFIX",
     "FakeSettings",
     "LocalSettings",
+    "DaskSettings",
     "ServerSettings",
     "Settings",
     "SettingsError",

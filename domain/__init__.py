@@ -31,6 +31,7 @@ from .results import (
 from .run_configs import (
     RUN_CONFIG_KINDS,
     RUN_CONFIG_TYPES,
+    DaskRunConfig,
     DockerRunConfig,
     KubernetesRunConfig,
     LocalRunConfig,
@@ -40,6 +41,7 @@ from .run_configs import (
 
 __all__ = [
     "BackendUnavailableError",
+    "DaskRunConfig",
     "DockerRunConfig",
     "EmptyResultError",
     "FlowFailedError",

@@ -27,7 +27,7 @@ DEFAULT_LABELS: tuple[str, ...] = ("lume-services",)
 MASK = "**********"
 
 # Kinds accepted in configuration files and by `RunConfig.parse_kind`.
-RUN_CONFIG_KINDS = ("local", "docker", "kubernetes")
+RUN_CONFIG_KINDS = ("local", "docker", "kubernetes", "dask")
 
 # docker-py's HostConfig stores these without checking their type.
 _BYTE_SIZE_HOST_CONFIG_KEYS = (
@@ -475,10 +475,72 @@ def _check_request_not_above_limit(resource: str, request: Any, limit: Any) -> N
             )
 
 
+class DaskRunConfig(RunConfig):
+    """How a flow runs on a Dask cluster (`DaskBackend`).
+
+    Attributes:
+        labels: Recorded with the run (see `DaskBackend.get_labels`); they do
+            not pick workers, ``resources`` do.
+        env: Set for the run only, on top of the Dask worker's own environment.
+        working_dir: Directory the flow's tasks run in, on the Dask worker. A
+            relative path is made absolute against the caller's current
+            directory; it is not checked here, because the worker may be another
+            machine: a directory the worker cannot enter fails the run. None
+            (default): the Dask worker's own working directory.
+        resources: Dask worker resources the run needs, such as ``{"GPU": 1}``:
+            the run goes only to a worker started with at least that much of
+            each (``dask worker --resources "GPU=1"``), and holds it while it
+            runs. Names are non-empty strings without surrounding blanks;
+            amounts are positive finite numbers (an int or a float, not a bool
+            or a string). None or ``{}``: any worker.
+    """
+
+    kind: ClassVar[str] = "dask"
+
+    working_dir: Optional[str] = None
+    resources: Optional[Dict[str, Union[StrictInt, StrictFloat]]] = None
+
+    @validator("working_dir", pre=True)
+    def _check_working_dir(cls, value: Any) -> Optional[str]:
+        if value is None:
+            return None
+        try:
+            path = os.fspath(value)
+        except TypeError:
+            raise ValueError(f"working_dir must be a path, not {type(value).__name__}") from None
+        if isinstance(path, bytes) or not path or "\0" in path:
+            raise ValueError("working_dir must be a non-empty text path")
+        return os.path.abspath(path)
+
+    @validator("resources", pre=True)
+    def _check_resources(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise ValueError(
+                f"resources must be a mapping of resource names to amounts such as "
+                f"{{'GPU': 1}}, not {type(value).__name__}"
+            )
+        for name, amount in value.items():
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"resource name {name!r} must be a non-empty string")
+            if name != name.strip():
+                raise ValueError(f"resource name {name!r} has surrounding blanks")
+            if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+                raise ValueError(
+                    f"resources[{name!r}] must be a positive number, not {type(amount).__name__}"
+                )
+            # An int is always finite (and may be too large for math.isfinite).
+            if (isinstance(amount, float) and not math.isfinite(amount)) or amount <= 0:
+                raise ValueError(f"resources[{name!r}] must be a positive finite number, not {amount!r}")
+        return dict(value)
+
+
 RUN_CONFIG_TYPES: dict[str, type[RunConfig]] = {
     LocalRunConfig.kind: LocalRunConfig,
     DockerRunConfig.kind: DockerRunConfig,
     KubernetesRunConfig.kind: KubernetesRunConfig,
+    DaskRunConfig.kind: DaskRunConfig,
 }
 
 
@@ -486,7 +548,7 @@ def parse_run_config(kind: str, data: Mapping[str, Any]) -> RunConfig:
     """Build the run config of the named kind from plain data (a parsed file).
 
     Args:
-        kind: ``"local"``, ``"docker"`` or ``"kubernetes"``.
+        kind: ``"local"``, ``"docker"``, ``"kubernetes"`` or ``"dask"``.
         data: The fields, as read from YAML or JSON.
 
     Returns:
@@ -494,7 +556,7 @@ def parse_run_config(kind: str, data: Mapping[str, Any]) -> RunConfig:
 
     Raises:
         pydantic.ValidationError: A field is missing, unknown or invalid.
-        ValueError: ``kind`` is not one of the three kinds.
+        ValueError: ``kind`` is not one of the four kinds.
     """
     try:
         model = RUN_CONFIG_TYPES[kind]

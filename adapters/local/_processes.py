@@ -216,6 +216,8 @@ class ProcessRuntime:
         self._poll_version = -1
         self._poller: Any = None
         self._watched: Dict[int, Tuple[str, Optional[WorkerHandle]]] = {}
+        # Workers to start before any run asks for them (`prestart`).
+        self._prestart = 0
 
     # ---------------------------------------------------------------- callers
 
@@ -280,6 +282,21 @@ class ProcessRuntime:
                 self._wake_locked()
         for worker, assigned, job in assignments:
             self._send(worker, assigned, job)
+
+    def prestart(self) -> None:
+        """Start every worker now (in the manager thread), rather than when the
+        first runs ask for them; a no-op once closed.
+
+        Raises:
+            BackendUnavailableError: The backend was closed.
+        """
+        with self.runs.lock:
+            if self._closing:
+                raise BackendUnavailableError("local backend", "it was closed")
+            if self._thread is None:
+                self._open()
+            self._prestart = self.max_workers
+            self._wake_locked()
 
     def cancel(self, run: LocalRun, message: str) -> bool:
         """End a run as CANCELLED; kill its worker if it is running."""
@@ -386,7 +403,9 @@ class ProcessRuntime:
             worker.run = run
             assignments.append((worker, run, job))
         live = sum(1 for worker in self._workers if not worker.dead and not worker.retiring)
-        starts = min(len(self._pending), self.max_workers - live)
+        wanted = max(len(self._pending), self._prestart - live)
+        self._prestart = 0
+        starts = min(wanted, self.max_workers - live)
         return assignments, max(starts, 0)
 
     def _send(self, worker: WorkerHandle, run: LocalRun, job: Job) -> None:

@@ -90,9 +90,12 @@ class RunTable:
         self.lock = threading.RLock()
         self._runs: Dict[str, LocalRun] = {}
 
-    def new(self, flow_name: str, run_config: LocalRunConfig, job: Any) -> LocalRun:
-        """Record a new SCHEDULED run with a fresh id."""
-        run = LocalRun(str(uuid.uuid4()), flow_name, run_config, job=job)
+    def new(
+        self, flow_name: str, run_config: LocalRunConfig, job: Any, flow_run_id: Optional[str] = None
+    ) -> LocalRun:
+        """Record a new SCHEDULED run, with ``flow_run_id`` (a backend that runs
+        the process pool on behalf of another names its runs) or a fresh id."""
+        run = LocalRun(flow_run_id or str(uuid.uuid4()), flow_name, run_config, job=job)
         with self.lock:
             self._runs[run.flow_run_id] = run
         return run

@@ -4,7 +4,7 @@ Two families:
 
 - Valid values and configs (`labels`, `envs`, `image_references`, `quantities`,
   ..., `local_run_configs`, `docker_run_configs`, `kubernetes_run_configs`,
-  `run_configs`): every rule of `lume_scheduling.domain` accepts them, and a
+  `dask_run_configs`, `run_configs`): every rule of `lume_scheduling.domain` accepts them, and a
   config survives a JSON round trip unchanged
   (``type(c).parse_raw(c.json()) == c``).
 - Broken input (`invalid_run_config_kwargs`): valid keyword arguments with
@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
 from lume_scheduling.domain import (
+    DaskRunConfig,
     DockerRunConfig,
     KubernetesRunConfig,
     LocalRunConfig,
@@ -39,6 +40,9 @@ from lume_scheduling.domain.quantity import quantity_value
 __all__ = [
     "BINARY_SUFFIXES",
     "DECIMAL_SUFFIXES",
+    "dask_resources",
+    "dask_run_config_kwargs",
+    "dask_run_configs",
     "docker_api_versions",
     "docker_run_config_kwargs",
     "docker_run_configs",
@@ -515,6 +519,37 @@ def docker_run_config_kwargs() -> SearchStrategy[Kwargs]:
     )
 
 
+def dask_resources() -> SearchStrategy[Optional[Dict[str, Union[int, float]]]]:
+    """None, or Dask worker resources: names such as ``GPU`` or ``memory-gb``,
+    amounts positive finite ints or floats (huge ints included)."""
+    names = _words(_ALNUM, _ALNUM + "-_.", 16)
+    amounts = st.one_of(
+        st.integers(min_value=1, max_value=10**30),
+        st.floats(min_value=0.0, exclude_min=True, allow_nan=False, allow_infinity=False),
+    )
+    return st.none() | st.dictionaries(names, amounts, max_size=3)
+
+
+def dask_run_config_kwargs(
+    directories: Optional[SearchStrategy[Optional[str]]] = None,
+) -> SearchStrategy[Kwargs]:
+    """Valid keyword arguments of `DaskRunConfig` (each field given or left out).
+
+    Args:
+        directories: Where ``working_dir`` values come from; default: absolute
+            or relative paths that need not exist (the worker enters them).
+    """
+    paths = st.none() | _words(_ALNUM, _ALNUM + "-_./", 24) | _words("/", _ALNUM + "-_./", 24)
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            **_common_kwargs(),
+            "working_dir": paths if directories is None else directories,
+            "resources": dask_resources(),
+        },
+    )
+
+
 _RESOURCE_DEFAULTS: Dict[str, Any] = {"cpu_limit": 1.0, "cpu_request": 0.5}
 
 
@@ -598,10 +633,19 @@ def kubernetes_run_configs(
     )
 
 
+def dask_run_configs(
+    directories: Optional[SearchStrategy[Optional[str]]] = None,
+) -> SearchStrategy[DaskRunConfig]:
+    """A valid `DaskRunConfig` built from `dask_run_config_kwargs`."""
+    return dask_run_config_kwargs(directories).map(lambda kwargs: DaskRunConfig(**kwargs))
+
+
 def run_configs() -> SearchStrategy[RunConfig]:
-    """A valid run config of any kind: base `RunConfig`, local, docker or kubernetes."""
+    """A valid run config of any kind: base `RunConfig`, local, docker, kubernetes or dask."""
     base = st.fixed_dictionaries({}, optional=_common_kwargs()).map(lambda kwargs: RunConfig(**kwargs))
-    return st.one_of(base, local_run_configs(), docker_run_configs(), kubernetes_run_configs())
+    return st.one_of(
+        base, local_run_configs(), docker_run_configs(), kubernetes_run_configs(), dask_run_configs()
+    )
 
 
 # --- one broken rule -------------------------------------------------------------
@@ -646,6 +690,32 @@ def _invalid_fields(model: RunConfigModel) -> Dict[str, SearchStrategy[Any]]:
     if model is LocalRunConfig:
         fields["working_dir"] = st.sampled_from(
             [_IMPOSSIBLE_PATH, os.path.abspath(__file__), "", "dir\x00", 5, b"/", ["/"]]
+        )
+    if model is DaskRunConfig:
+        fields["working_dir"] = st.sampled_from(["", "dir\x00", 5, b"/", ["/"]])
+        fields["resources"] = st.one_of(
+            st.sampled_from(["GPU=1", ["GPU"], 1]),
+            st.tuples(
+                st.dictionaries(_words(_ALNUM, _ALNUM, 8), st.integers(1, 4), max_size=2),
+                st.sampled_from(
+                    [
+                        ("", 1),
+                        (" GPU", 1),
+                        ("GPU ", 1),
+                        (1, 1),
+                        ("GPU", 0),
+                        ("GPU", -1),
+                        ("GPU", -0.5),
+                        ("GPU", 0.0),
+                        ("GPU", float("nan")),
+                        ("GPU", float("inf")),
+                        ("GPU", True),
+                        ("GPU", "1"),
+                        ("GPU", None),
+                        ("GPU", [1]),
+                    ]
+                ),
+            ).map(lambda parts: {**parts[0], parts[1][0]: parts[1][1]}),
         )
     if model in (DockerRunConfig, KubernetesRunConfig):
         fields["image"] = st.one_of(invalid_image_references(), st.sampled_from([5, b"ubuntu"]))
@@ -705,7 +775,13 @@ def _invalid_fields(model: RunConfigModel) -> Dict[str, SearchStrategy[Any]]:
     return fields
 
 
-_MODELS: Tuple[RunConfigModel, ...] = (RunConfig, LocalRunConfig, DockerRunConfig, KubernetesRunConfig)
+_MODELS: Tuple[RunConfigModel, ...] = (
+    RunConfig,
+    LocalRunConfig,
+    DockerRunConfig,
+    KubernetesRunConfig,
+    DaskRunConfig,
+)
 
 
 def _valid_kwargs(model: RunConfigModel) -> SearchStrategy[Kwargs]:
@@ -715,6 +791,8 @@ def _valid_kwargs(model: RunConfigModel) -> SearchStrategy[Kwargs]:
         return docker_run_config_kwargs()
     if model is KubernetesRunConfig:
         return kubernetes_run_config_kwargs()
+    if model is DaskRunConfig:
+        return dask_run_config_kwargs()
     return st.fixed_dictionaries({}, optional=_common_kwargs())
 
 
@@ -766,9 +844,10 @@ def invalid_run_config_kwargs(
     image, an invalid API version or host_config, bad ports, a non-existent
     working_dir or template file, an unsupported template scheme, unsafe YAML,
     both templates at once, malformed or negative quantities, a request above
-    its limit, an unknown image_pull_policy, and an unknown field.
+    its limit, an unknown image_pull_policy, a Dask resource that is not a
+    positive finite number or has an empty name, and an unknown field.
 
     Args:
-        models: The models to draw from; default all four.
+        models: The models to draw from; default all five.
     """
     return st.sampled_from(models).flatmap(_one_broken)

@@ -163,8 +163,8 @@ class TestRunConfigFiles:
     @pytest.mark.parametrize(
         "text, problems",
         [
-            ("labels: [a]\n", [("kind", "field required: one of local, docker, kubernetes")]),
-            ("kind: cloud\n", [("kind", "'cloud' is unknown: use one of local, docker, kubernetes")]),
+            ("labels: [a]\n", [("kind", "field required: one of local, docker, kubernetes, dask")]),
+            ("kind: cloud\n", [("kind", "'cloud' is unknown: use one of local, docker, kubernetes, dask")]),
             ("kind: docker\nports: [0]\ncolour: red\n", None),
         ],
     )

@@ -16,13 +16,14 @@ from lume_scheduling.application import resolve_run_config
 from lume_scheduling.application.ports import foreign_run_config_fields
 from lume_scheduling.domain import (
     RUN_CONFIG_TYPES,
+    DaskRunConfig,
     DockerRunConfig,
     KubernetesRunConfig,
     LocalRunConfig,
     RunConfig,
 )
 
-KINDS: List[Type[RunConfig]] = [RunConfig, LocalRunConfig, DockerRunConfig, KubernetesRunConfig]
+KINDS: List[Type[RunConfig]] = [RunConfig, LocalRunConfig, DockerRunConfig, KubernetesRunConfig, DaskRunConfig]
 EVERY_FIELD = sorted({name for model in RUN_CONFIG_TYPES.values() for name in model.__fields__})
 # Values that would be invalid for the field they name: ignored means not even checked.
 NONSENSE = st.one_of(st.integers(), st.text(max_size=5), st.none(), st.lists(st.integers(), max_size=2))
@@ -38,7 +39,13 @@ class TestForeignFields:
             "image": ["docker", "kubernetes"]
         }
         assert foreign_run_config_fields(DockerRunConfig, ["working_dir", "image"]) == {
-            "working_dir": ["local"]
+            "working_dir": ["dask", "local"]
+        }
+        assert foreign_run_config_fields(LocalRunConfig, ["resources", "working_dir"]) == {
+            "resources": ["dask"]
+        }
+        assert foreign_run_config_fields(DaskRunConfig, ["image", "working_dir"]) == {
+            "image": ["docker", "kubernetes"]
         }
         assert foreign_run_config_fields(KubernetesRunConfig, ["ports", "job_template"]) == {
             "ports": ["docker"]

@@ -18,13 +18,14 @@ from pydantic import ValidationError
 
 from lume_scheduling.adapters.testing import strategies as rs
 from lume_scheduling.domain import (
+    DaskRunConfig,
     DockerRunConfig,
     KubernetesRunConfig,
     LocalRunConfig,
     RunConfig,
 )
 
-MODELS = (RunConfig, LocalRunConfig, DockerRunConfig, KubernetesRunConfig)
+MODELS = (RunConfig, LocalRunConfig, DockerRunConfig, KubernetesRunConfig, DaskRunConfig)
 
 
 def assert_round_trips(config: RunConfig) -> None:

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from lume_scheduling.adapters.testing import strategies as rs
 from lume_scheduling.domain import (
+    DaskRunConfig,
     DockerRunConfig,
     KubernetesRunConfig,
     LocalRunConfig,
@@ -27,7 +28,7 @@ from lume_scheduling.domain import (
     parse_run_config,
 )
 
-ALL_MODELS = [RunConfig, LocalRunConfig, DockerRunConfig, KubernetesRunConfig]
+ALL_MODELS = [RunConfig, LocalRunConfig, DockerRunConfig, KubernetesRunConfig, DaskRunConfig]
 REQUIRED: Dict[type, Dict[str, Any]] = {DockerRunConfig: {"image": "ubuntu"}}
 
 
