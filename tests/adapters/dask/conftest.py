@@ -115,9 +115,11 @@ def make_cluster(**kwargs: Any) -> LocalCluster:
     return LocalCluster(**options)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dask_cluster() -> Iterator[LocalCluster]:
-    """The session's cluster: two workers, one thread each."""
+    """The test module's cluster: two workers, one thread each (closed after the
+    module: its worker processes are children of this process, which the leak
+    checks of the other test directories would count)."""
     cluster = make_cluster()
     try:
         yield cluster
@@ -127,7 +129,7 @@ def dask_cluster() -> Iterator[LocalCluster]:
 
 @pytest.fixture
 def backend(dask_cluster: LocalCluster) -> Iterator[DaskBackend]:
-    """A backend on the session's cluster (closing it leaves the cluster up)."""
+    """A backend on the module's cluster (closing it leaves the cluster up)."""
     with DaskBackend(cluster=dask_cluster) as backend:
         yield backend
 
