@@ -16,6 +16,7 @@ from lume_scheduling.domain import (
     BackendUnavailableError,
     EmptyResultError,
     FlowFailedError,
+    FlowArchivedError,
     FlowNotFoundError,
     FlowParameter,
     FlowParameterError,
@@ -68,6 +69,17 @@ FULL: Dict[type, Any] = {
         ["90 s", "cancelled", "run-1", "flow-1"],
     ),
     FlowNotFoundError: (dict(flow_name="f", project_name="p"), ["'f'", "'p'"]),
+    FlowArchivedError: (
+        dict(
+            flow_id="flow-1",
+            flow_name="f",
+            project_name="p",
+            version=1,
+            newest_flow_id="flow-2",
+            newest_version=2,
+        ),
+        ["flow 'f'", "version 1", "'flow-1'", "archived", "run version 2", "'flow-2'", "'p'"],
+    ),
     FlowParameterError: (
         dict(
             flow_name="f",
@@ -137,6 +149,12 @@ class TestFieldsAndMessages:
     def test_flow_failed_without_type_shows_the_message(self) -> None:
         assert str(FlowFailedError("f", "r", "boom")).startswith("flow run failed: boom")
 
+    def test_archived_flow_is_a_flow_not_found_that_says_it_exists(self) -> None:
+        error = FlowArchivedError("flow-1", flow_name="f")
+        assert isinstance(error, FlowNotFoundError)
+        assert "archived" in str(error) and "no flow" not in str(error)
+        assert "newest" not in str(error)
+
     def test_flow_not_found_by_id(self) -> None:
         assert "no flow with id 'abc'" in str(FlowNotFoundError(flow_id="abc"))
 
@@ -169,6 +187,15 @@ ERROR_STRATEGIES = {
         flow_id=_field_values(),
     ),
     FlowNotFoundError: st.builds(FlowNotFoundError, _field_values(), _field_values(), flow_id=_field_values()),
+    FlowArchivedError: st.builds(
+        FlowArchivedError,
+        _field_values(),
+        flow_name=_field_values(),
+        project_name=_field_values(),
+        version=st.none() | st.integers(min_value=1),
+        newest_flow_id=_field_values(),
+        newest_version=st.none() | st.integers(min_value=1),
+    ),
     FlowParameterError: st.builds(
         FlowParameterError,
         _field_values(),
