@@ -1,5 +1,6 @@
-"""Adapters: the scheduler port implemented for Prefect local, Docker and
-Kubernetes backends and an in-memory fake, plus the composition root and CLI.
+"""Adapters: the scheduler port implemented for Prefect local, Docker,
+Kubernetes and Dask backends and an in-memory fake, plus the composition root
+and CLI.
 
 Public names are imported on first use, so that ``import lume_scheduling.adapters``
 stays cheap and one missing optional piece does not break the others.
@@ -13,6 +14,7 @@ from typing import Any
 _PUBLIC_NAMES = {
     "InMemoryBackend": "lume_scheduling.adapters.in_memory",
     "LocalBackend": "lume_scheduling.adapters.local",
+    "DaskBackend": "lume_scheduling.adapters.dask",
     "ServerBackend": "lume_scheduling.adapters.server",
     "DockerBackend": "lume_scheduling.adapters.server",
     "KubernetesBackend": "lume_scheduling.adapters.server",

@@ -44,6 +44,7 @@ class TestSnippets:
     def test_every_settings_and_run_config_file_is_shown_as_it_is(self) -> None:
         shown = dict(shown_files())
         assert sorted(shown) == [
+            "examples/configs/dask.toml",
             "examples/configs/docker.toml",
             "examples/configs/fake.yaml",
             "examples/configs/kubernetes.yaml",

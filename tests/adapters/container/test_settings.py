@@ -52,7 +52,7 @@ class TestSettingsFiles:
         settings = load_settings(write(tmp_path / name, self.SAME[name]), environ={})
         assert (settings.backend, settings.local.max_workers, settings.fake.server) == ("fake", 3, False)
 
-    @pytest.mark.parametrize("name", ["local.toml", "docker.toml", "kubernetes.yaml", "fake.yaml"])
+    @pytest.mark.parametrize("name", ["local.toml", "docker.toml", "kubernetes.yaml", "fake.yaml", "dask.toml"])
     def test_each_example_settings_file_loads_with_its_backend(self, name: str) -> None:
         settings = load_settings(EXAMPLES / name, environ={})
         assert settings.backend == name.split(".")[0]

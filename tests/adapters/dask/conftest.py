@@ -1,7 +1,9 @@
 """A real Dask cluster for the Dask backend's tests, and flows that tell where they ran.
 
 One ``distributed.LocalCluster`` (two worker processes under nannies, one
-thread each) serves the whole session: starting one takes a second or two.
+thread each) serves each test module and is closed after it: starting one
+takes a second or two, and a cluster kept for the whole session would leave
+its worker processes behind for the leak checks of the tests that follow.
 Nothing here skips: distributed is a dependency of lume-scheduling, so a
 cluster that cannot start is a failure, in CI and everywhere else.
 
