@@ -115,6 +115,8 @@ _SECONDS_KEYS = (
     "poll_backoff",
     "poll_max_interval",
     "cancel_timeout",
+    "log_tail_quiet",
+    "log_tail_max",
     "agent_check_after",
 )
 
@@ -138,6 +140,10 @@ class ServerSettings(_Section):
         poll_interval, poll_backoff, poll_max_interval: How often a run's state
             is asked for while waiting.
         cancel_timeout: Seconds a cancel waits for the run to be Cancelled.
+        log_tail_quiet, log_tail_max: After a run's final state, its logs are
+            read on until quiet for ``log_tail_quiet`` seconds, for at most
+            ``log_tail_max`` seconds (prefect's last log batch lands after the
+            final state).
         agent_check_after: Seconds a run may stay scheduled before the backend
             checks that an agent with its labels polls; null never checks.
         task_run_page_size: Task runs fetched per query.
@@ -155,6 +161,8 @@ class ServerSettings(_Section):
     poll_backoff: Optional[float] = None
     poll_max_interval: Optional[float] = None
     cancel_timeout: Optional[float] = None
+    log_tail_quiet: Optional[float] = None
+    log_tail_max: Optional[float] = None
     agent_check_after: Optional[float] = None
     task_run_page_size: Optional[StrictInt] = None
 

@@ -248,7 +248,7 @@ TASK_RUN = Fields(
     serialized_state=Nullable(STATE),
     task=Nullable(Fields(slug=STRING, name=Nullable(STRING))),
 )
-LOG = Fields(id=STRING, timestamp=STRING, level=Nullable(STRING), message=Nullable(STRING))
+LOG = Fields(id=STRING, created=STRING, timestamp=STRING, level=Nullable(STRING), message=Nullable(STRING))
 _RUN = dict(
     id=STRING,
     flow_id=STRING,
@@ -297,4 +297,5 @@ AGENTS = Fields(
 )
 RUN_RESULT = Fields(flow_run_by_pk=Nullable(Fields(**_RUN, task_runs=ListOf(TASK_RUN))))
 TASK_RUN_PAGE = Fields(task_run=ListOf(TASK_RUN))
+RUN_LOGS = Fields(flow_run_by_pk=Nullable(Fields(logs=ListOf(LOG))))
 RUN_CONFIG_OF_RUN = Fields(flow_run_by_pk=Nullable(Fields(run_config=RUN_CONFIG)))

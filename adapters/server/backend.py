@@ -76,6 +76,23 @@ _CRASH_MARKERS = (
 # Flow run states after which nothing changes (the server's `flow_run.state` column).
 _FINAL_STATES = ["Success", "Failed", "Cancelled", "TimedOut", "Finished", "Skipped", "TriggerFailed"]
 _RUN_FIELDS = "id flow_id serialized_state flow { name project { name } }"
+# Log lines are read by the server's `created` (its clock, in the order they were
+# written), not by `timestamp`, which is the client's: a batch of the runner's
+# lines that lands late carries timestamps older than lines the agent wrote meanwhile.
+_LOG_FIELDS = "id created timestamp level message"
+# The flow runner's last line of a run (prefect/engine/flow_runner.py,
+# determine_final_state): every line it logged before came in the same or an
+# earlier batch.
+_FLOW_RUNNER_CLOSING_LINES = ("Flow run SUCCESS:", "Flow run FAILED:")
+_SETTLE_AFTER_CLOSING_LINE = 0.5
+_TAIL_MIN_INTERVAL = 0.25
+
+
+def _logs_where(since: Optional[str]) -> str:
+    """The arguments of a ``logs`` relation: lines written at or after ``since``
+    (the server's `created`), in the order the server wrote them."""
+    order = "order_by: [{created: asc}, {timestamp: asc}]"
+    return f"(where: {{created: {{_gte: $since}}}}, {order})" if since else f"({order})"
 _TASK_RUN_FIELDS = "id map_index serialized_state task { slug name }"
 _TASK_ERROR = re.compile(r"Error during execution of task: (?P<type>[A-Za-z_][\w.]*)\((?P<args>.*)\)\s*$", re.S)
 
@@ -111,8 +128,12 @@ class _Tracked:
 
     flow_id: Optional[str] = None
     final: Optional[FlowRunState] = None
-    log_since: Optional[str] = None
+    log_since: Optional[str] = None  # the server's `created` of the newest log line read
     log_ids: Set[str] = field(default_factory=set)
+    # Seen running, or created here: its last log batch may still be on its way.
+    watched: bool = False
+    closing_line_seen: bool = False  # the flow runner's own last line has been read
+    tailed: bool = False
     agent_checked: bool = False
     final_run: Optional[Dict[str, Any]] = None
     created: Optional[float] = None
@@ -352,6 +373,7 @@ class ServerBackend(Backend):
         tracked = self._track(flow_run_id)
         tracked.flow_id = request.flow_id
         tracked.created = time.monotonic()
+        tracked.watched = True
         logger.info(
             "created flow run %s of flow %r (%s) with %s",
             flow_run_id,
@@ -404,7 +426,9 @@ class ServerBackend(Backend):
                 raise BackendUnavailableError(type(self).__name__, "it was closed")
             state, labels = self._poll(flow_run_id)
             if state.is_final:
+                self._tail_logs(flow_run_id)
                 return state
+            tracked.watched = True
             now = time.monotonic()
             if state is FlowRunState.SCHEDULED:
                 self._maybe_check_agents(flow_run_id, labels, now - start)
@@ -423,14 +447,14 @@ class ServerBackend(Backend):
         """
         tracked = self._track(flow_run_id)
         since = tracked.log_since
-        where = "(where: {timestamp: {_gte: $since}}, order_by: {timestamp: asc})" if since else "(order_by: {timestamp: asc})"
+        where = _logs_where(since)
         declared = "$id: uuid!, $limit: Int!, $final: [String!]" + (", $since: timestamptz" if since else "")
         variables: Dict[str, Any] = {"id": flow_run_id, "limit": self._config.task_run_page_size, "final": _FINAL_STATES}
         if since:
             variables["since"] = since
         data = self._query(
             f"query({declared}) {{ flow_run_by_pk(id: $id) {{ {_RUN_FIELDS} labels "
-            f"logs{where} {{ id timestamp level message }} "
+            f"logs{where} {{ {_LOG_FIELDS} }} "
             f"task_runs(where: {{flow_run: {{state: {{_in: $final}}}}}}, order_by: {{id: asc}}, limit: $limit) "
             f"{{ {_TASK_RUN_FIELDS} }} }} }}",
             variables,
@@ -449,25 +473,84 @@ class ServerBackend(Backend):
             tracked.final_run = run  # read once by the result that follows
         return self._remember(flow_run_id, state), list(run.get("labels") or [])
 
-    def _stream_logs(self, flow_run_id: str, tracked: _Tracked, logs: List[Mapping[str, Any]]) -> None:
+    def _tail_logs(self, flow_run_id: str) -> None:
+        """Read a run's logs on after its final state, until they have been quiet
+        for ``log_tail_quiet`` seconds (0.5 s once the flow runner's closing
+        line is in), for at most ``log_tail_max`` seconds.
+
+        Prefect's log handler ships a run's lines in batches, every few seconds
+        and at process exit (``prefect/utilities/logging.py``, ``LogManager``),
+        so the last batch lands after the final state. A run that had ended
+        before this backend first saw it, and that it did not create, is not
+        read on: its logs are taken as complete. Once per run; a backend that
+        is closing stops at once.
+        """
+        tracked = self._track(flow_run_id)
+        quiet = self._config.log_tail_quiet
+        if tracked.tailed or not tracked.watched or quiet <= 0:
+            return
+        tracked.tailed = True
+        start = time.monotonic()
+        give_up = start + self._config.log_tail_max
+        last_news = start
+        interval = max(_TAIL_MIN_INTERVAL, quiet / 4)
+        while True:
+            settle = min(quiet, _SETTLE_AFTER_CLOSING_LINE) if tracked.closing_line_seen else quiet
+            until = min(last_news + settle, give_up)
+            now = time.monotonic()
+            if now >= until:
+                return
+            if self._closing.wait(min(interval, until - now)):
+                return
+            if self._read_logs(flow_run_id, tracked):
+                last_news = time.monotonic()
+
+    def _read_logs(self, flow_run_id: str, tracked: _Tracked) -> int:
+        """One query for the run's log lines written since the last read; returns
+        how many new lines it streamed."""
+        since = tracked.log_since
+        declared = "$id: uuid!" + (", $since: timestamptz" if since else "")
+        variables: Dict[str, Any] = {"id": flow_run_id}
+        if since:
+            variables["since"] = since
+        data = self._query(
+            f"query({declared}) {{ flow_run_by_pk(id: $id) {{ logs{_logs_where(since)} {{ {_LOG_FIELDS} }} }} }}",
+            variables,
+            "wait",
+            expect=answers.RUN_LOGS,
+            flow_run_id=flow_run_id,
+        )
+        run = data.get("flow_run_by_pk")
+        if run is None:
+            raise FlowRunNotFoundError(flow_run_id)
+        return self._stream_logs(flow_run_id, tracked, run.get("logs") or [])
+
+    def _stream_logs(self, flow_run_id: str, tracked: _Tracked, logs: List[Mapping[str, Any]]) -> int:
+        """Log each line not read before to our logger; returns how many."""
+        streamed = 0
         for entry in logs:
             log_id = str(entry.get("id"))
             if log_id in tracked.log_ids:
                 continue
-            timestamp = entry.get("timestamp")
-            if timestamp != tracked.log_since:
-                tracked.log_ids.clear()  # ids are only needed for the newest timestamp
+            created = entry.get("created")
+            if created != tracked.log_since:
+                tracked.log_ids.clear()  # ids are only needed for the newest `created`
             tracked.log_ids.add(log_id)
-            tracked.log_since = timestamp
+            tracked.log_since = created
+            streamed += 1
+            message = str(entry.get("message"))
+            if message.startswith(_FLOW_RUNNER_CLOSING_LINES):
+                tracked.closing_line_seen = True
             level = logging.getLevelName(str(entry.get("level") or "INFO").upper())
             logger.log(
                 level if isinstance(level, int) else logging.INFO,
                 "[flow run %s] %s",
                 flow_run_id,
-                entry.get("message"),
+                message,
                 # flow_log: a line of the flow itself, which the CLI's --quiet silences.
                 extra={"flow_run_id": flow_run_id, "flow_log": True},
             )
+        return streamed
 
     def _maybe_check_agents(self, flow_run_id: str, labels: List[str], waited: float) -> None:
         after = self._config.agent_check_after

@@ -49,6 +49,14 @@ class PrefectServerConfig(BaseModel):
         poll_max_interval: The longest interval between two state queries (the
             same 10 s as prefect's ``watch_flow_run``).
         cancel_timeout: Seconds ``cancel`` waits for the run to reach Cancelled.
+        log_tail_quiet: After a run's final state, its logs are read on until
+            no new line has come for this many seconds: prefect's runner ships
+            its logs in batches, and its last batch lands after the final state.
+            Shortened to 0.5 s once the flow runner's closing line ("Flow run
+            SUCCESS..." or "Flow run FAILED...") has arrived, since every line
+            before it came in the same or an earlier batch. 0 reads no more.
+        log_tail_max: The longest the logs are read on after the final state,
+            however much keeps coming.
         agent_check_after: Seconds a run may stay scheduled before the backend
             asks the server whether an agent with its labels is polling (one
             query, one warning); None never asks.
@@ -75,6 +83,8 @@ class PrefectServerConfig(BaseModel):
     poll_backoff: float = 2.0
     poll_max_interval: float = 10.0
     cancel_timeout: float = 30.0
+    log_tail_quiet: float = 2.0
+    log_tail_max: float = 15.0
     agent_check_after: Optional[float] = 15.0
     task_run_page_size: int = 1000
 
@@ -136,6 +146,12 @@ class PrefectServerConfig(BaseModel):
     def _check_retries(cls, value: int) -> int:
         if value < 0:
             raise ValueError(f"request_retries cannot be negative, not {value!r}")
+        return value
+
+    @validator("log_tail_quiet", "log_tail_max")
+    def _check_tail(cls, value: float, field: Any) -> float:
+        if not value >= 0 or value == float("inf"):
+            raise ValueError(f"{field.name} must be a finite number of seconds, 0 or more, not {value!r}")
         return value
 
     @validator("poll_backoff")

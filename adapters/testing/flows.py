@@ -12,6 +12,7 @@ import os
 import time
 from typing import Any, List, Optional
 
+import prefect
 from prefect import Flow, Parameter, task
 from prefect.engine.results import PrefectResult
 from prefect.storage import Module
@@ -110,6 +111,15 @@ def save_text_file(obj: str, filename: str, filesystem_identifier: str) -> dict:
     return {"filename": filename, "filesystem_identifier": filesystem_identifier, "file_type": "TextFile"}
 
 
+@task(name="chatter")
+def chatter(lines: int) -> int:
+    """Logs ``lines`` numbered lines through prefect's logger; returns how many."""
+    logger = prefect.context.get("logger")
+    for number in range(lines):
+        logger.info("chatter line %03d of %d", number, lines)
+    return lines
+
+
 @task(name="failure_task")
 def failure_task() -> None:
     """Fails with an AssertionError (lume-services' ``failure_flow``)."""
@@ -184,6 +194,10 @@ with _flow("flow1") as lume_services_flow:
 with _flow("failure_flow") as lume_services_failure_flow:
     failure_task()
 
+# task "chatter" logs `lines` (default 40) numbered lines and returns their number
+with _flow("chatty") as chatty_flow:
+    chatter(Parameter("lines", default=40))
+
 EXAMPLE_FLOWS: List[Flow] = [
     arithmetic_flow,
     unkept_flow,
@@ -197,6 +211,7 @@ EXAMPLE_FLOWS: List[Flow] = [
     lume_services_flow,
     lume_services_failure_flow,
     required_flow,
+    chatty_flow,
 ]
 
 

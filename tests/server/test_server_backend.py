@@ -55,6 +55,11 @@ from lume_scheduling.domain import (
 
 CONFTEST = sys.modules[next(name for name in sys.modules if name.endswith("server.conftest"))]
 PROJECT = CONFTEST.PROJECT
+
+
+def tail_reads(queries: Any) -> int:
+    """How many of ``queries`` read a run's logs only (the tail after its final state)."""
+    return sum(1 for query in queries if "logs" in query and "serialized_state" not in query)
 IMAGE = CONFTEST.IMAGE
 seed_run = CONFTEST.seed_run
 EMULATOR = CONFTEST.emulator_module
@@ -321,8 +326,6 @@ class TestFollowingARun:
         assert "Submitted for execution: PID: " in " ".join(r.getMessage() for r in streamed)
         assert all(r.name == "lume_scheduling.server" for r in streamed)
 
-    @pytest.mark.xfail(strict=True, reason="issue 10: reading logs after the final state "
-                       "(prefect ships a run's last log batch after its final state)")
     def test_log_lines_that_arrive_after_the_final_state_are_not_lost(
         self, backend: Any, register: Callable[..., str], emulator: Any, caplog: pytest.LogCaptureFixture
     ) -> None:
@@ -334,6 +337,62 @@ class TestFollowingARun:
         backend.get_result(flow_run_id)
         messages = " ".join(r.getMessage() for r in caplog.records if getattr(r, "flow_run_id", None) == flow_run_id)
         assert "Task 'add': Finished task run" in messages
+
+    def test_every_line_a_flow_logged_arrives_in_order_after_the_final_state(
+        self, backend: Any, register: Callable[..., str], emulator: Any, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO, logger="lume_scheduling.server")
+        # prefect's runner ships its lines in batches; each lands a second late.
+        emulator.server.faults.slow_down("write_run_logs", 1.0, source=EMULATOR.RUNNER)
+        assert backend.run_and_return({"lines": 40}, task_name="chatter", flow_id=register(flows.chatty_flow)) == 40
+        lines = [
+            r.getMessage().split("] ", 1)[1]
+            for r in caplog.records
+            if r.name == "lume_scheduling.server" and getattr(r, "flow_log", False)
+        ]
+        chatter = [line for line in lines if "chatter line" in line]
+        assert chatter == [f"chatter line {n:03d} of 40" for n in range(40)], chatter
+        # The flow runner's closing line, in the last batch, arrived too.
+        assert any(line.startswith("Flow run SUCCESS") for line in lines), lines
+
+    def test_the_tail_stops_soon_after_the_flow_runners_closing_line(
+        self, make_emulator: Callable[..., Any], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # With a long quiet period, only the closing-line rule ends the tail
+        # early: a second later instead of log_tail_quiet (60 s) later.
+        emulated = make_emulator()
+        with DockerBackend(emulated.config(log_tail_quiet=60.0, log_tail_max=120.0)) as backend:
+            backend.create_project(PROJECT)
+            flow_id = backend.register_flow(flows.arithmetic_flow, PROJECT, no_url=True)
+            start = emulated.server.request_count
+            assert backend.run_and_return(flow_id=flow_id, task_name="add") == 3
+            tail = tail_reads(emulated.server.queries[start:])
+        # One read of the tail, after the 0.5 s settle: not the 4 reads (one per
+        # 15 s) that a 60 s quiet period makes.
+        assert tail == 1
+
+    def test_no_tail_with_log_tail_quiet_0_nor_for_a_run_that_had_ended_before_it_was_seen(
+        self, make_emulator: Callable[..., Any]
+    ) -> None:
+        emulated = make_emulator()
+        with DockerBackend(emulated.config(log_tail_quiet=0)) as backend:
+            backend.create_project(PROJECT)
+            flow_id = backend.register_flow(flows.arithmetic_flow, PROJECT, no_url=True)
+            flow_run_id = backend.run(flow_id=flow_id)
+            start = emulated.server.request_count
+            assert backend.wait(flow_run_id, timeout=60) is FlowRunState.SUCCESS
+            assert tail_reads(emulated.server.queries[start:]) == 0
+        with DockerBackend(emulated.config()) as another:
+            start = emulated.server.request_count
+            assert another.wait(flow_run_id, timeout=60) is FlowRunState.SUCCESS
+            # one query: the run had ended before this backend first saw it
+            assert emulated.server.requests[start:] == [["flow_run_by_pk"]]
+        with DockerBackend(emulated.config(log_tail_quiet=0.3)) as third:
+            # the same rule makes a created run's tail happen: the test is not vacuous
+            flow_run_id = third.run(flow_id=flow_id)
+            start = emulated.server.request_count
+            assert third.wait(flow_run_id, timeout=60) is FlowRunState.SUCCESS
+            assert tail_reads(emulated.server.queries[start:]) >= 1
 
     def test_one_query_reads_every_task_run_and_final_states_are_not_asked_again(
         self, backend: Any, register: Callable[..., str], emulator: Any
@@ -348,9 +407,14 @@ class TestFollowingARun:
         assert asked[0] == ["create_flow_run"]
         assert all(names == ["flow_run_by_pk"] for names in asked[1:])
         # Task runs came once, in the state query that saw the end (5 = 3 tasks and
-        # 2 parameters); neither the second wait nor the result asked again.
+        # 2 parameters); neither the reads of the logs after it, nor the second
+        # wait, nor the result asked again.
         returned = emulator.server.task_runs_returned[start:]
-        assert returned == [0] * (len(returned) - 1) + [5]
+        queries = emulator.server.queries[start:]
+        tail = tail_reads(queries)
+        assert tail >= 1 and tail_reads(queries[-tail:]) == tail
+        assert returned == [0] * (len(returned) - 1 - tail) + [5] + [0] * tail
+
     def test_mapped_children_keep_their_own_values(self, backend: Any, register: Callable[..., str]) -> None:
         flow_run_id = backend.run({"values": [2, 3, 4]}, flow_id=register(flows.mapped_flow))
         record = backend.get_result(flow_run_id, timeout=20)
