@@ -46,6 +46,7 @@ from lume_scheduling.domain import (
 
 from ._worker_side import (
     LOG_TOPIC,
+    SCHEDULER_PLUGIN,
     RunLedger,
     RunProcesses,
     RunRequest,
@@ -363,7 +364,9 @@ class DaskBackend(Backend):
         return self._pending_state(run)
 
     def _pending_state(self, run: _DaskRun) -> FlowRunState:
-        """RUNNING once the scheduler has given the task to a worker."""
+        """RUNNING once a worker has started the run's flow (its message has
+        reached the scheduler's ledger); SCHEDULED before, also while the task
+        waits on a worker for a free thread."""
         key = run_key(run.flow_run_id)
         try:
             states = self._client.run_on_scheduler(_scheduler_states, keys=[key])
@@ -386,7 +389,7 @@ class DaskBackend(Backend):
             self._collect(run)
             assert run.result is not None
             return run.result.state
-        return FlowRunState.RUNNING if state == "processing" else FlowRunState.SCHEDULED
+        return FlowRunState.RUNNING if state == "started" else FlowRunState.SCHEDULED
 
     def _wait(self, flow_run_id: str, timeout: Optional[float]) -> FlowRunState:
         run = self._run(flow_run_id)
@@ -542,11 +545,24 @@ def _published(run: _DaskRun, cancelled: bool = False) -> Dict[str, Any]:
 
 
 def _scheduler_states(dask_scheduler: Any, keys: List[str]) -> Dict[str, Optional[str]]:
-    """The scheduler's state of each key (run on the scheduler)."""
+    """The scheduler's state of each key (run on the scheduler); ``"started"``
+    for a processing task whose worker has said it started the flow.
+
+    "processing" alone is not running: the scheduler hands a worker more tasks
+    than it has threads (``distributed.scheduler.worker-saturation``), and a
+    task handed over waits there until a thread is free.
+    """
+    ledger = dask_scheduler.plugins.get(SCHEDULER_PLUGIN)
+    started = getattr(ledger, "_started", {})
     found: Dict[str, Optional[str]] = {}
     for key in keys:
         task = dask_scheduler.tasks.get(key)
-        found[key] = None if task is None else task.state
+        if task is None:
+            found[key] = None
+        elif task.state == "processing" and key in started:
+            found[key] = "started"
+        else:
+            found[key] = task.state
     return found
 
 

@@ -79,6 +79,18 @@ def wait_for_file(path: Path, timeout: float = SETTLE) -> str:
     raise AssertionError(f"{path} was not written within {timeout} s")
 
 
+def wait_for_state(backend: Any, flow_run_id: str, state: Any, timeout: float = SETTLE) -> bool:
+    """Whether the run reaches ``state`` within ``timeout`` (RUNNING is reported
+    once the worker's start message has reached the scheduler: moments after
+    the flow started)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if backend.get_state(flow_run_id) is state:
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def wait_until_gone(pid: int, timeout: float = SETTLE) -> None:
     """Until process ``pid`` no longer exists (a zombie counts as gone)."""
     deadline = time.monotonic() + timeout

@@ -34,6 +34,7 @@ from .conftest import (
     make_cluster,
     pid_then_hang_flow,
     wait_for_file,
+    wait_for_state,
     wait_until_gone,
     warn_flow,
     where_flow,
@@ -65,7 +66,7 @@ class TestCancelKillsTheChildProcess:
         flow_run_id = backend.submit({"pid_file": str(pid_file)}, flow=pid_then_hang_flow)
         pid = int(wait_for_file(pid_file))
         assert pid != os.getpid()
-        assert backend.get_state(flow_run_id) is FlowRunState.RUNNING
+        assert wait_for_state(backend, flow_run_id, FlowRunState.RUNNING)
         assert backend.cancel(flow_run_id) is True
         wait_until_gone(pid)
         assert backend.get_state(flow_run_id) is FlowRunState.CANCELLED
@@ -91,6 +92,9 @@ class TestCancelKillsTheChildProcess:
         for n in range(2):
             wait_for_file(tmp_path / f"busy{n}")
         queued = backend.submit({"pid_file": str(tmp_path / "queued")}, flow=pid_then_hang_flow)
+        # SCHEDULED even when the scheduler has handed the task to a busy worker
+        # already (it hands out more tasks than threads): it has not started.
+        time.sleep(0.5)
         assert backend.get_state(queued) is FlowRunState.SCHEDULED
         assert backend.cancel(queued) is True
         for flow_run_id in busy:
@@ -269,7 +273,7 @@ class TestPublishedRuns:
         with DaskBackend(address) as reader:
             assert reader.result(done, "echo", timeout=SETTLE) == 41
             assert reader.get_labels(done) == ["scan"]
-            assert reader.get_state(hanging) is FlowRunState.RUNNING
+            assert wait_for_state(reader, hanging, FlowRunState.RUNNING)
             assert reader.cancel(hanging) is True
             wait_until_gone(pid)
             reader.forget(done)
