@@ -426,7 +426,8 @@ class TestFollowingARun:
             with pytest.raises(FlowRunTimeoutError) as raised:
                 backend.run_and_return(flow_id=flow_id, labels=["nobody-has-this"], timeout=0.3)
         assert raised.value.cancelled is True
-        assert "no agent with labels ['nobody-has-this']" in caplog.text
+        assert "no agent that would be handed it has polled the server" in caplog.text
+        assert "the run's labels are ['nobody-has-this']" in caplog.text
 
 
 @pytest.mark.real_agent
