@@ -116,6 +116,7 @@ _SECONDS_KEYS = (
     "poll_max_interval",
     "cancel_timeout",
     "agent_check_after",
+    "agent_stale_after",
 )
 
 
@@ -140,6 +141,10 @@ class ServerSettings(_Section):
         cancel_timeout: Seconds a cancel waits for the run to be Cancelled.
         agent_check_after: Seconds a run may stay scheduled before the backend
             checks that an agent with its labels polls; null never checks.
+        agent_stale_after: Seconds after its last poll that an agent no longer
+            counts for that check.
+        resurrection_attempt_limit: The server's Lazarus attempt limit, for the
+            message that a run was rescheduled ("attempt 1 of 3").
         task_run_page_size: Task runs fetched per query.
     """
 
@@ -156,6 +161,8 @@ class ServerSettings(_Section):
     poll_max_interval: Optional[float] = None
     cancel_timeout: Optional[float] = None
     agent_check_after: Optional[float] = None
+    agent_stale_after: Optional[float] = None
+    resurrection_attempt_limit: Optional[StrictInt] = None
     task_run_page_size: Optional[StrictInt] = None
 
     @validator("api_key", pre=True)

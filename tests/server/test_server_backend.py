@@ -126,6 +126,8 @@ class TestConfiguration:
             ("tenant_id", "not-a-uuid"),
             ("poll_interval", 0),
             ("request_retries", -1),
+            ("agent_stale_after", 0),
+            ("resurrection_attempt_limit", -1),
         ],
     )
     def test_bad_settings_are_refused_naming_the_field(self, field: str, value: Any) -> None:
