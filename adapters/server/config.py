@@ -50,8 +50,9 @@ class PrefectServerConfig(BaseModel):
             same 10 s as prefect's ``watch_flow_run``).
         cancel_timeout: Seconds ``cancel`` waits for the run to reach Cancelled.
         agent_check_after: Seconds a run may stay scheduled before the backend
-            asks the server whether an agent with its labels is polling (one
-            query, one warning); None never asks.
+            asks the server whether a live agent would be handed it (one query,
+            one warning naming the run's labels and the agents seen); None
+            never asks.
         agent_stale_after: Seconds after its last poll of the server (the agent
             row's ``last_queried``) that an agent no longer counts as running for
             that check: a real server keeps the rows of agents that died.
