@@ -118,6 +118,7 @@ _SECONDS_KEYS = (
     "log_tail_quiet",
     "log_tail_max",
     "agent_check_after",
+    "agent_stale_after",
 )
 
 
@@ -146,6 +147,10 @@ class ServerSettings(_Section):
             final state).
         agent_check_after: Seconds a run may stay scheduled before the backend
             checks that an agent with its labels polls; null never checks.
+        agent_stale_after: Seconds after its last poll that an agent no longer
+            counts for that check.
+        resurrection_attempt_limit: The server's Lazarus attempt limit, for the
+            message that a run was rescheduled ("attempt 1 of 3").
         task_run_page_size: Task runs fetched per query.
     """
 
@@ -164,6 +169,8 @@ class ServerSettings(_Section):
     log_tail_quiet: Optional[float] = None
     log_tail_max: Optional[float] = None
     agent_check_after: Optional[float] = None
+    agent_stale_after: Optional[float] = None
+    resurrection_attempt_limit: Optional[StrictInt] = None
     task_run_page_size: Optional[StrictInt] = None
 
     @validator("api_key", pre=True)

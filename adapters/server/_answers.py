@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+import pendulum
 from prefect.engine import state as prefect_state
 
 from lume_scheduling.domain import BackendUnavailableError
@@ -201,6 +202,25 @@ class _State(Shape):
 STATE: Shape = _State()
 
 
+class _Timestamp(Shape):
+    """A timestamp the server wrote (``agent.last_queried``), which pendulum can read."""
+
+    expected = "a timestamp"
+
+    def check(self, value: Any, path: str) -> None:
+        if not isinstance(value, str):
+            raise self._wrong(value, path)
+        try:
+            parsed = pendulum.parse(value)
+        except Exception:  # pendulum raises several types for a bad text
+            raise MalformedAnswer(f"{path}: expected a timestamp, got a string that is none") from None
+        if not isinstance(parsed, pendulum.DateTime):
+            raise MalformedAnswer(f"{path}: expected a timestamp, got a string that is none")
+
+
+TIMESTAMP: Shape = _Timestamp()
+
+
 def envelope(answer: Any) -> Tuple[Optional[Dict[str, Any]], Optional[List[Dict[str, Any]]]]:
     """The ``data`` and the ``errors`` of a GraphQL answer, as the GraphQL spec shapes them.
 
@@ -249,11 +269,15 @@ TASK_RUN = Fields(
     task=Nullable(Fields(slug=STRING, name=Nullable(STRING))),
 )
 LOG = Fields(id=STRING, created=STRING, timestamp=STRING, level=Nullable(STRING), message=Nullable(STRING))
+# What the server wrote about a run's process (see backend._CRASH_FIELDS): how
+# often Lazarus rescheduled it, and a task run the zombie killer failed.
+_CRASH = dict(times_resurrected=Nullable(INT), lost_task_runs=ListOf(Fields(state_message=Nullable(STRING))))
 _RUN = dict(
     id=STRING,
     flow_id=STRING,
     serialized_state=Nullable(STATE),
     flow=Nullable(Fields(name=STRING, project=PROJECT_NAME)),
+    **_CRASH,
 )
 
 # client: the tenant, projects, registration, flow runs, cancel
@@ -286,14 +310,14 @@ NEWEST_VERSION = Fields(
 )
 
 # backend: flow runs
-RUN_STATE = Fields(flow_run_by_pk=Nullable(Fields(serialized_state=Nullable(STATE))))
+RUN_STATE = Fields(flow_run_by_pk=Nullable(Fields(serialized_state=Nullable(STATE), **_CRASH)))
 POLLED_RUN = Fields(
     flow_run_by_pk=Nullable(
         Fields(**_RUN, labels=Nullable(ListOf(STRING)), logs=ListOf(LOG), task_runs=ListOf(TASK_RUN))
     )
 )
 AGENTS = Fields(
-    agent=ListOf(Fields(id=STRING, name=Nullable(STRING), labels=Nullable(ListOf(STRING)), last_queried=Nullable(STRING)))
+    agent=ListOf(Fields(id=STRING, name=Nullable(STRING), labels=Nullable(ListOf(STRING)), last_queried=Nullable(TIMESTAMP)))
 )
 RUN_RESULT = Fields(flow_run_by_pk=Nullable(Fields(**_RUN, task_runs=ListOf(TASK_RUN))))
 TASK_RUN_PAGE = Fields(task_run=ListOf(TASK_RUN))

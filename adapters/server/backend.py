@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ClassVar, Collection, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Type, Union
 
+import pendulum
 import prefect
 from prefect.engine import state as prefect_state
 from prefect.exceptions import AuthorizationError, ClientError
@@ -45,7 +46,7 @@ from lume_scheduling.domain import (
     TaskRunState,
 )
 from lume_scheduling.domain.image import image_reference_problem
-from lume_scheduling.domain.secrets import secret_values
+from lume_scheduling.domain.secrets import mask_text, secret_values
 
 from ..prefect_flows import flow_run_state as local_flow_run_state
 from ..prefect_flows import flow_parameters, is_prefect_flow, serialized_flow_parameters, task_run_state
@@ -65,17 +66,32 @@ _NOT_A_UUID = "invalid input syntax for type uuid"
 _INVALID_RUN = "invalid flow run id"
 _ARCHIVED = re.compile(r"Flow (?P<id>\S+) is archived")
 _MISSING_PARAMETERS = re.compile(r"Required parameters were not supplied: (?P<names>.*?)\.?$", re.S)
-# Messages of Prefect Server (zombie killer, Lazarus) and agents when the process
-# running a flow died: the run did not fail on its own, it crashed.
-_CRASH_MARKERS = (
-    "no heartbeat detected",
-    "lazarus process",
-    "kubernetes error",
-    "container exited",
+# What the server and prefect's agents write, as the start of a flow run's state
+# message, when the process running the flow died: the run did not fail on its
+# own, it crashed.
+_CRASH_MESSAGES = (
+    # server: services/towel/lazarus.py, reschedule_flow_runs (after the last attempt)
+    "A Lazarus process attempted to reschedule this run",
+    # server: services/towel/zombie_killer.py, reap_zombie_cancelling_flow_runs
+    "No heartbeat detected from the flow run",
+    # prefect 1.4.1: agent/kubernetes/agent.py, manage_jobs (failed pods, pull errors)
+    "Kubernetes Error: ",
+)
+# server: zombie_killer.py, reap_zombie_task_runs: the Failed state of a Running task
+# run whose flow run's heartbeat stopped. Lazarus then reschedules the flow run, and
+# its rerun ends Failed ("Some reference tasks failed."): a crash all the same.
+_LOST_TASK = "No heartbeat detected from the remote task"
+# server: lazarus.py, reschedule_flow_runs: the state of a run it puts back to Scheduled.
+_RESCHEDULED = "Rescheduled by a Lazarus process."
+# Asked with every run's state: how often Lazarus rescheduled it (the flow_run
+# column it increments) and one task run the zombie killer failed, if any.
+_CRASH_FIELDS = (
+    "times_resurrected lost_task_runs: task_runs(where: {state: {_eq: \"Failed\"}, "
+    f"state_message: {{_like: \"{_LOST_TASK}%\"}}}}, limit: 1) {{ state_message }}"
 )
 # Flow run states after which nothing changes (the server's `flow_run.state` column).
 _FINAL_STATES = ["Success", "Failed", "Cancelled", "TimedOut", "Finished", "Skipped", "TriggerFailed"]
-_RUN_FIELDS = "id flow_id serialized_state flow { name project { name } }"
+_RUN_FIELDS = "id flow_id serialized_state flow { name project { name } } " + _CRASH_FIELDS
 # Log lines are read by the server's `created` (its clock, in the order they were
 # written), not by `timestamp`, which is the client's: a batch of the runner's
 # lines that lands late carries timestamps older than lines the agent wrote meanwhile.
@@ -96,20 +112,74 @@ def _logs_where(since: Optional[str]) -> str:
 _TASK_RUN_FIELDS = "id map_index serialized_state task { slug name }"
 _TASK_ERROR = re.compile(r"Error during execution of task: (?P<type>[A-Za-z_][\w.]*)\((?P<args>.*)\)\s*$", re.S)
 
-def flow_run_state(state: prefect_state.State) -> FlowRunState:
+def flow_run_state(state: prefect_state.State, lost_task: Optional[str] = None) -> FlowRunState:
     """The domain state of a flow run's Prefect state, as a Prefect Server reports it.
 
     As for a local run (`prefect_flows.flow_run_state`: Cancelled is not Failed
-    in Prefect 1, Cancelling is still running), except that a Failed state the
-    server wrote because the run's process died (lost heartbeat, Lazarus, agent
-    errors) is CRASHED.
+    in Prefect 1, Cancelling is still running), except that a Failed run is
+    CRASHED when the server says that its process died: its message is one the
+    server or an agent writes then (`_CRASH_MESSAGES`: Lazarus gave up, the
+    zombie killer failed a Cancelling run, the Kubernetes agent saw its pods
+    fail), or the zombie killer failed one of its task runs (``lost_task``, that
+    task run's message).
+
+    Args:
+        state: The run's Prefect state.
+        lost_task: The message of a task run of it that the zombie killer failed.
     """
     domain_state = local_flow_run_state(state)
     if domain_state is FlowRunState.FAILED and isinstance(state, prefect_state.Failed):
-        message = str(state.message or "").lower()
-        if any(marker in message for marker in _CRASH_MARKERS):
+        message = str(state.message or "")
+        if lost_task is not None or message.startswith(_CRASH_MESSAGES):
             return FlowRunState.CRASHED
     return domain_state
+
+
+@dataclass(frozen=True)
+class _ServerRun:
+    """A run's state as the server reports it, with what it wrote about its process."""
+
+    prefect: prefect_state.State
+    state: FlowRunState
+    times_resurrected: int
+    lost_task: Optional[str]
+
+    @property
+    def rescheduled(self) -> bool:
+        """Put back to Scheduled by Lazarus (then Submitted and Running again)."""
+        return self.times_resurrected > 0 and not self.state.is_final
+
+    def crash_message(self) -> Optional[str]:
+        """What the server wrote about the crash, for the run's record."""
+        if self.state is not FlowRunState.CRASHED:
+            return None
+        own = str(self.prefect.message or "")
+        if own.startswith(_CRASH_MESSAGES) or self.lost_task is None:
+            return own or None
+        tries = self.times_resurrected
+        again = f"; the server rescheduled it {tries} time{'s' if tries != 1 else ''} and it ended {own!r}" if tries else ""
+        return f"the run's process stopped: {self.lost_task}{again}"
+
+
+def _server_run(run: Mapping[str, Any]) -> _ServerRun:
+    """`_ServerRun` of a ``flow_run`` answer that asked for `_CRASH_FIELDS`."""
+    state = _deserialize(run.get("serialized_state"))
+    lost = [row.get("state_message") for row in run.get("lost_task_runs") or []]
+    lost_task = next((str(message) for message in lost if message), None)
+    return _ServerRun(state, flow_run_state(state, lost_task), int(run.get("times_resurrected") or 0), lost_task)
+
+
+def would_be_handed(run_labels: Collection[str], agent_labels: Collection[str]) -> bool:
+    """Whether the server's run queue gives a run with ``run_labels`` to an agent
+    polling with ``agent_labels``: the run's labels must all be the agent's, and a
+    run without labels goes only to an agent without labels.
+
+    # server: src/prefect_server/api/runs.py, get_runs_in_queue
+    """
+    run, agent = set(run_labels), set(agent_labels)
+    if run - agent:
+        return False
+    return bool(run) or not agent
 
 
 def _deserialize(serialized: Optional[Mapping[str, Any]]) -> prefect_state.State:
@@ -138,6 +208,7 @@ class _Tracked:
     final_run: Optional[Dict[str, Any]] = None
     created: Optional[float] = None
     server_state: Optional[str] = None  # the Prefect state's type at the last poll
+    resurrections_told: int = 0  # Lazarus' reschedules of it already logged
 
 
 @dataclass(frozen=True)
@@ -389,7 +460,7 @@ class ServerBackend(Backend):
         if known is not None:
             return known
         data = self._query(
-            "query($id: uuid!) { flow_run_by_pk(id: $id) { serialized_state } }",
+            f"query($id: uuid!) {{ flow_run_by_pk(id: $id) {{ serialized_state {_CRASH_FIELDS} }} }}",
             {"id": flow_run_id},
             "get_state",
             expect=answers.RUN_STATE,
@@ -398,7 +469,7 @@ class ServerBackend(Backend):
         run = data.get("flow_run_by_pk")
         if run is None:
             raise FlowRunNotFoundError(flow_run_id)
-        return self._remember(flow_run_id, flow_run_state(_deserialize(run.get("serialized_state"))))
+        return self._remember(flow_run_id, self._told(flow_run_id, _server_run(run)).state)
 
     def _wait(self, flow_run_id: str, timeout: Optional[float]) -> FlowRunState:
         """Poll with exponential back-off until the run has ended or ``timeout`` passes.
@@ -466,9 +537,9 @@ class ServerBackend(Backend):
         if run is None:
             raise FlowRunNotFoundError(flow_run_id)
         self._stream_logs(flow_run_id, tracked, run.get("logs") or [])
-        prefect_run_state = _deserialize(run.get("serialized_state"))
-        tracked.server_state = type(prefect_run_state).__name__
-        state = flow_run_state(prefect_run_state)
+        server_run = self._told(flow_run_id, _server_run(run))
+        tracked.server_state = type(server_run.prefect).__name__
+        state = server_run.state
         if state.is_final:
             tracked.final_run = run  # read once by the result that follows
         return self._remember(flow_run_id, state), list(run.get("labels") or [])
@@ -528,6 +599,7 @@ class ServerBackend(Backend):
     def _stream_logs(self, flow_run_id: str, tracked: _Tracked, logs: List[Mapping[str, Any]]) -> int:
         """Log each line not read before to our logger; returns how many."""
         streamed = 0
+        secrets = self._log_secrets(flow_run_id) if logs else ()
         for entry in logs:
             log_id = str(entry.get("id"))
             if log_id in tracked.log_ids:
@@ -546,33 +618,69 @@ class ServerBackend(Backend):
                 level if isinstance(level, int) else logging.INFO,
                 "[flow run %s] %s",
                 flow_run_id,
-                message,
+                mask_text(message, secrets),
                 # flow_log: a line of the flow itself, which the CLI's --quiet silences.
                 extra={"flow_run_id": flow_run_id, "flow_log": True},
             )
         return streamed
 
+    def _told(self, flow_run_id: str, server_run: _ServerRun) -> _ServerRun:
+        """Say (once per attempt) that the server rescheduled the run after its
+        process stopped: without it the run only looks scheduled again, for as
+        long as the server takes to notice (10 minutes and more by default)."""
+        tracked = self._track(flow_run_id)
+        attempt = server_run.times_resurrected
+        if server_run.rescheduled and attempt > tracked.resurrections_told:
+            tracked.resurrections_told = attempt
+            logger.warning(
+                "flow run %s: the server rescheduled the run after its run process stopped "
+                "(attempt %d of %d)%s",
+                flow_run_id,
+                attempt,
+                self._config.resurrection_attempt_limit,
+                f": {server_run.lost_task}" if server_run.lost_task else "",
+                extra={"flow_run_id": flow_run_id},
+            )
+        return server_run
+
     def _maybe_check_agents(self, flow_run_id: str, labels: List[str], waited: float) -> None:
+        """Once per run, when it has been scheduled for ``agent_check_after`` s: warn
+        unless an agent that polls the server would be handed it.
+
+        An agent counts if its ``last_queried`` is within ``agent_stale_after`` s
+        (a real server keeps the rows of agents that died) and the server's run
+        queue would give it the run (`would_be_handed`). The warning names the
+        run's labels and every agent seen, with its labels and last poll.
+        """
         after = self._config.agent_check_after
         tracked = self._track(flow_run_id)
         if after is None or tracked.agent_checked or waited < after:
             return
         tracked.agent_checked = True
         data = self._query("query { agent { id name labels last_queried } }", {}, "wait", expect=answers.AGENTS)
-        wanted = set(labels)
-        matching = [
-            agent for agent in data.get("agent") or []
-            if agent.get("last_queried") and wanted.issubset(set(agent.get("labels") or []))
-        ]
-        if not matching:
-            logger.warning(
-                "flow run %s has waited %.0f s and no agent with labels %s has polled the "
-                "server: start a Docker or Kubernetes agent with these labels",
-                flow_run_id,
-                waited,
-                sorted(wanted),
-                extra={"flow_run_id": flow_run_id},
-            )
+        now = pendulum.now("UTC")
+        stale_after = self._config.agent_stale_after
+        seen = []
+        for agent in data["agent"]:
+            agent_labels = list(agent.get("labels") or [])
+            last = agent.get("last_queried")
+            ago = None if last is None else (now - pendulum.parse(last)).total_seconds()
+            if ago is not None and ago <= stale_after and would_be_handed(labels, agent_labels):
+                return
+            polled = "never polled" if ago is None else f"last polled {max(ago, 0.0):.0f} s ago"
+            seen.append(f"{agent.get('name') or agent['id']!r} with labels {sorted(agent_labels)} ({polled})")
+        logger.warning(
+            "flow run %s has waited %.0f s and no agent that would be handed it has polled the server "
+            "in the last %g s: the run's labels are %s; agents seen: %s. Start a Docker or Kubernetes "
+            "agent whose labels include all of the run's labels (a run without labels goes only to an "
+            "agent without labels)",
+            flow_run_id,
+            waited,
+            stale_after,
+            sorted(labels),
+            "; ".join(seen) if seen else "none",
+            extra={"flow_run_id": flow_run_id},
+        )
 
     def _get_result(self, flow_run_id: str) -> FlowRunResult:
         return self._read_result(flow_run_id, None, load_all=True)
@@ -615,13 +723,16 @@ class ServerBackend(Backend):
             )
             page = list(more.get("task_run") or [])
             rows.extend(page)
-        flow_state = _deserialize(run.get("serialized_state"))
-        state = self._remember(flow_run_id, flow_run_state(flow_state))
+        server_run = _server_run(run)
+        flow_state = server_run.prefect
+        state = self._remember(flow_run_id, server_run.state)
         flow = run.get("flow") or {}
         task_runs = _task_runs(rows, task_name, load_all)
         message = None if flow_state.message is None else str(flow_state.message)
         exception_type = None
-        if state is not FlowRunState.SUCCESS:
+        if state is FlowRunState.CRASHED:
+            message = server_run.crash_message()  # the server's words, not a task's exception
+        elif state is not FlowRunState.SUCCESS:
             cause = _root_failure(task_runs)
             if cause is not None:
                 exception_type, message = cause
@@ -740,16 +851,30 @@ class ServerBackend(Backend):
         quote an env value: the run's run config, env values included, is read
         back from the server once. A successful run's messages are Prefect's
         own, so it costs no request."""
-        store = self._run_secrets_store()
-        known = store.get(flow_run_id)
+        known = self._run_secrets_store().get(flow_run_id)
         if known is not None:
             return known
         if record.state is FlowRunState.SUCCESS:
             return ()
+        return self._read_run_secrets(flow_run_id, "get_result")
+
+    def _log_secrets(self, flow_run_id: str) -> Sequence[str]:
+        """The env values to mask in the run's log lines forwarded from the server,
+        as the local backend masks its runs' lines: a run's own lines may print
+        its env (a task's exception, a print of a setting). Known for the runs this
+        backend created; read back from the server once for others."""
+        known = self._run_secrets_store().get(flow_run_id)
+        if known is not None:
+            return known
+        return self._read_run_secrets(flow_run_id, "wait")
+
+    def _read_run_secrets(self, flow_run_id: str, operation: str) -> Sequence[str]:
+        """The env values of the run's run config, read from the server and remembered."""
+        store = self._run_secrets_store()
         data = self._query(
             "query($id: uuid!) { flow_run_by_pk(id: $id) { run_config } }",
             {"id": flow_run_id},
-            "get_result",
+            operation,
             expect=answers.RUN_CONFIG_OF_RUN,
             flow_run_id=flow_run_id,
         )

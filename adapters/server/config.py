@@ -58,8 +58,16 @@ class PrefectServerConfig(BaseModel):
         log_tail_max: The longest the logs are read on after the final state,
             however much keeps coming.
         agent_check_after: Seconds a run may stay scheduled before the backend
-            asks the server whether an agent with its labels is polling (one
-            query, one warning); None never asks.
+            asks the server whether a live agent would be handed it (one query,
+            one warning naming the run's labels and the agents seen); None
+            never asks.
+        agent_stale_after: Seconds after its last poll of the server (the agent
+            row's ``last_queried``) that an agent no longer counts as running for
+            that check: a real server keeps the rows of agents that died.
+        resurrection_attempt_limit: How many times the server's Lazarus process
+            reschedules a run whose process stopped before failing it (the
+            server's ``services.lazarus.resurrection_attempt_limit``, 3 by
+            default); only said in the progress message ("attempt 1 of 3").
         task_run_page_size: Task runs fetched per query (the server caps pages).
 
     lume-services' field names are accepted too (its ``PrefectServerConfig``):
@@ -86,6 +94,8 @@ class PrefectServerConfig(BaseModel):
     log_tail_quiet: float = 2.0
     log_tail_max: float = 15.0
     agent_check_after: Optional[float] = 15.0
+    agent_stale_after: float = 60.0
+    resurrection_attempt_limit: int = 3
     task_run_page_size: int = 1000
 
     class Config:
@@ -129,7 +139,8 @@ class PrefectServerConfig(BaseModel):
     _check_image = validator("default_image", allow_reuse=True)(_checked_default_image)
 
     @validator(
-        "request_timeout", "poll_interval", "poll_max_interval", "cancel_timeout", "agent_check_after"
+        "request_timeout", "poll_interval", "poll_max_interval", "cancel_timeout", "agent_check_after",
+        "agent_stale_after",
     )
     def _check_positive(cls, value: Optional[float], field: Any) -> Optional[float]:
         if value is not None and not value > 0:
@@ -158,6 +169,12 @@ class PrefectServerConfig(BaseModel):
     def _check_poll_backoff(cls, value: float) -> float:
         if value < 1:
             raise ValueError(f"poll_backoff must be at least 1, not {value!r}")
+        return value
+
+    @validator("resurrection_attempt_limit")
+    def _check_resurrections(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"resurrection_attempt_limit cannot be negative, not {value!r}")
         return value
 
     @validator("task_run_page_size")

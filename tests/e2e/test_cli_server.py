@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -146,3 +147,56 @@ class TestServerAnswers:
             f"lume-scheduling: error: flow 'arithmetic' (version 1, flow id {old!r}) is archived; "
             f"run version 2 instead (flow id {new!r}) (project_name='lume')"
         ]
+
+
+SECRET = "cli-s3cr3t-in-a-log-line"
+
+
+@pytest.mark.real_agent
+class TestWhatTheServerWrites:
+    """The server's own account of a run, on the CLI's stderr (issue 10, items 1 and 6)."""
+
+    def _backend(self, emulated: Any) -> Any:
+        from lume_scheduling.adapters.server import DockerBackend
+
+        backend = DockerBackend(emulated.config())
+        backend.create_project("lume")
+        return backend
+
+    def test_a_run_created_elsewhere_shows_its_log_lines_masked(self, lume: Any, server: Path, emulated: Any) -> None:
+        from lume_scheduling.adapters.testing import flows
+
+        with self._backend(emulated) as backend:
+            flow_id = backend.register_flow(flows.failing_flow, "lume", no_url=True)
+            flow_run_id = backend.submit({"message": f"refused {SECRET}"}, flow_id=flow_id, env={"TOKEN": SECRET})
+        deadline = time.monotonic() + 60
+        # the runner ships its last log lines at exit: wait for them on the server
+        while time.monotonic() < deadline and not (
+            (emulated.store.get("flow_run", flow_run_id) or {}).get("state") == "Failed"
+            and not emulated.agent.running(flow_run_id)
+        ):
+            time.sleep(0.05)
+        assert any(SECRET in row["message"] for row in emulated.store.where("log", flow_run_id=flow_run_id))
+        done = lume("--config", str(server), "result", flow_run_id, "--timeout", "30")
+        assert done.code == 3, done.err
+        assert SECRET not in done.err + done.out
+        assert "refused **********" in done.err
+
+    def test_a_run_the_server_rescheduled_is_said_so(self, lume: Any, server: Path, emulated: Any) -> None:
+        from prefect.engine import state as prefect_state
+
+        from lume_scheduling.adapters.testing import flows
+
+        with self._backend(emulated) as backend:
+            flow_id = backend.register_flow(flows.arithmetic_flow, "lume", no_url=True)
+        rules, store = emulated.server.rules, emulated.store
+        with store.lock:  # as services/towel/lazarus.py leaves a run whose process died
+            flow_run_id = rules.create_flow_run(flow_id=flow_id, labels=["no-agent-has-this"])
+            rules.set_flow_run_state(flow_run_id, prefect_state.Scheduled(message="Rescheduled by a Lazarus process."))
+            store.update("flow_run", flow_run_id, times_resurrected=1)
+        done = lume("--config", str(server), "--quiet", "result", flow_run_id, "--timeout", "1")
+        assert done.code == 4, done.err
+        assert (
+            f"lume-scheduling: flow run {flow_run_id}: the server rescheduled the run after its run process "
+            "stopped (attempt 1 of 3)"
+        ) in done.err.splitlines()

@@ -234,6 +234,10 @@ class Corrupt:
         return real
 
 
+def _unchanged(answer: Any) -> Any:
+    return answer
+
+
 MALFORMED = st.one_of(
     st.sampled_from(BROKEN_ANSWERS).map(Replace),
     st.builds(Corrupt, st.integers(0, 200), WRONG_VALUES, st.booleans()),
@@ -269,6 +273,16 @@ class Seeded:
             run = emulated.store.tables["flow_run"][self.failed]
             emulated.store.update("flow_run", self.failed, run_config={**(run["run_config"] or {}), "env": {"TOKEN": SECRET}})
         self.scheduled = seed_run(emulated, self.flow_id, prefect_state.Scheduled())
+        # A run created elsewhere whose log line quotes its env: the backend reads its
+        # run config to mask the line.
+        self.logged = seed_run(emulated, self.flow_id, prefect_state.Failed("Some reference tasks failed."))
+        with emulated.store.lock:
+            run = emulated.store.tables["flow_run"][self.logged]
+            emulated.store.update("flow_run", self.logged, run_config={**(run["run_config"] or {}), "env": {"TOKEN": SECRET}})
+        emulated.server.rules.create_logs(
+            [dict(tenant_id=emulated.store.tenant_id, flow_run_id=self.logged, name="prefect.TaskRunner",
+                  message=f"refused {SECRET}", level="ERROR")]
+        )
 
     def cancellable(self) -> str:
         return seed_run(self.emulated, self.flow_id, prefect_state.Scheduled())
@@ -291,6 +305,10 @@ SCENARIOS: Dict[str, Scenario] = {
     "get_state": (lambda b, s: b.get_state(s.succeeded), ["flow_run_by_pk"], ["get_state"]),
     "wait": (lambda b, s: b.wait(s.succeeded, timeout=5), ["flow_run_by_pk"], ["wait"]),
     "wait for an agent": (lambda b, s: b.wait(s.scheduled, timeout=0.2), ["flow_run_by_pk", "agent"], ["wait"]),
+    # the second flow_run_by_pk: the run config, read to mask the run's log lines
+    "wait for a run created elsewhere": (
+        lambda b, s: b.wait(s.logged, timeout=5), ["flow_run_by_pk", "flow_run_by_pk#2"], ["wait"]
+    ),
     "result": (lambda b, s: b.result(s.succeeded, "add", timeout=5), ["flow_run_by_pk", "task_run"], ["wait", "get_result"]),
     "get_result": (lambda b, s: b.get_result(s.failed, timeout=5), ["flow_run_by_pk", "task_run"], ["wait", "get_result"]),
     "cancel": (lambda b, s: b.cancel(s.cancellable()), ["flow_run_by_pk", "cancel_flow_run"], ["get_state", "cancel", "wait"]),
@@ -308,7 +326,10 @@ def test_only_domain_errors_cross_the_port_whatever_the_server_answers(name: str
     @given(field=st.sampled_from(list(fields)), malformed=MALFORMED)
     def property_(field: str, malformed: Any) -> None:
         faults.reset()
-        faults.rewrite_next(malformed, operation=field)
+        operation, _, nth = field.partition("#")
+        for _ in range(int(nth or 1) - 1):
+            faults.rewrite_next(_unchanged, operation=operation)  # the earlier requests pass
+        faults.rewrite_next(malformed, operation=operation)
         config = _quick(emulated, agent_check_after=0.01, ui_url="http://ui.invalid")
         with DockerBackend(config) as backend:
             try:

@@ -138,8 +138,9 @@ class TestCrash:
             # no failure the moment the process died: its heartbeat was not stale yet
             assert seen and all(state == ("Running", "Running") for state in seen), seen
             # the zombie killer failed the task run, Lazarus rescheduled the flow run; the
-            # agent runs it again, and the rerun ends failed (its task has failed)
-            assert backend.wait(flow_run_id, timeout=60) is FlowRunState.FAILED
+            # agent runs it again, and the rerun ends Failed (its task has failed), which
+            # the backend reports as the crash it was
+            assert backend.wait(flow_run_id, timeout=60) is FlowRunState.CRASHED
         task_run = _task_run(emulated, flow_run_id, "hang-1")
         assert task_run["state_message"] == (
             f"No heartbeat detected from the remote task; marking the task run {task_run['id']} "
