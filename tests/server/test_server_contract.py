@@ -39,6 +39,27 @@ class TestDockerBackendContract(BackendContractSuite):
 
 
 @pytest.mark.real_agent
+@pytest.mark.container_engine
+class TestDockerBackendOnContainersContract(BackendContractSuite):
+    """Flow runs executed by prefect's unmodified DockerAgent on a real Docker Engine
+    API (podman, ``container_engine`` fixture): each a container running
+    ``prefect execute flow-run``."""
+
+    @pytest.fixture
+    def agent_kind(self, container_engine: Any) -> Any:
+        return EMULATOR.DockerAgentKind(container_engine)
+
+    @pytest.fixture
+    def backend(self, emulator: Any) -> Iterator[DockerBackend]:
+        with DockerBackend(emulator.config()) as backend:
+            yield backend
+
+    @pytest.fixture
+    def run_config_fields(self) -> Dict[str, Any]:
+        return {"image": EMULATED_IMAGE}
+
+
+@pytest.mark.real_agent
 class TestKubernetesBackendContract(BackendContractSuite):
     """Flow runs executed by prefect's KubernetesAgent: each a batch/v1 Job on the
     Kubernetes API double, whose container command is ``prefect execute flow-run``."""
