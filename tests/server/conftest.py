@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import importlib.util
 import multiprocessing
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -147,6 +149,33 @@ def register(backend: Any) -> Callable[..., str]:
         return backend.register_flow(flow, PROJECT, **options)
 
     return do
+
+
+@pytest.fixture(scope="session")
+def container_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Docker Engine API: ``podman system service`` on a unix socket in the
+    session's temporary directory (`podman.PodmanEngine`), with the flow runs' image
+    imported; stopped, and everything it kept removed, at the end of the session.
+
+    An engine that cannot start fails the test with its reason when ``CI`` is set
+    (``.ci/run`` installs podman and runc), and skips it with that reason elsewhere.
+    """
+    podman = emulator_module.podman
+    problem = podman.start_failure()
+    engine = None
+    if problem is None:
+        engine = podman.PodmanEngine(tmp_path_factory.mktemp("container-engine"), IMAGE)
+        try:
+            engine.start()
+        except (podman.EngineError, OSError, subprocess.SubprocessError) as error:
+            problem = f"podman could not start: {error}"
+            engine.stop()
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"no container engine: {problem}", pytrace=False)
+        pytest.skip(f"no container engine: {problem}")
+    yield engine
+    engine.stop()
 
 
 @pytest.fixture(autouse=True)

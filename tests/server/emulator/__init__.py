@@ -29,7 +29,7 @@ Modules, in the order a request meets them:
 
 from .harness import IMAGE, Emulated
 from .agents import (
-    DEFAULT_LABELS, RUNNER_SETTINGS, AgentHandle, AgentKind, KubernetesAgentKind, LocalAgentKind,
+    DEFAULT_LABELS, RUNNER_SETTINGS, AgentHandle, AgentKind, DockerAgentKind, KubernetesAgentKind, LocalAgentKind,
     load_kubernetes_double, prefect_environment,
 )
 from .faults import AGENT, ANY, CLIENT, RUNNER, Faults
@@ -39,10 +39,11 @@ from .rules import LAZARUS_EXCLUDE, SCHEDULED_STATES, Rules
 from .server import AGENT_API_KEY, EmulatedServer, LoggedRequest
 from .services import Lazarus, Towel, ZombieKiller
 from .settings import Settings
+from . import podman
 from .store import TASK_RUN_CREATED, Store
 
 __all__ = [
-    "AGENT", "AGENT_API_KEY", "ANY", "Emulated", "IMAGE", "AgentHandle", "AgentKind", "CLIENT", "DEFAULT_LABELS", "EmulatedServer",
+    "AGENT", "AGENT_API_KEY", "ANY", "DockerAgentKind", "Emulated", "IMAGE", "AgentHandle", "AgentKind", "CLIENT", "DEFAULT_LABELS", "EmulatedServer",
     "Faults", "Hasura", "HasuraError", "KubernetesAgentKind", "LAZARUS_EXCLUDE", "Lazarus", "LocalAgentKind", "LoggedRequest",
     "RUNNER", "RUNNER_SETTINGS", "Request", "Routes", "Rules", "SCHEDULED_STATES", "Settings", "Store",
     "TASK_RUN_CREATED", "Towel", "ZombieKiller", "load_kubernetes_double", "prefect_environment",

@@ -435,3 +435,148 @@ class KubernetesAgentProcess(AgentHandle):
             pass
         self.process.wait(10)
         self.api.stop()
+
+
+# --- prefect's DockerAgent against a real Docker Engine API (podman) -------------------
+
+DOCKER_LAUNCHER = Path(__file__).with_name("launch_docker_agent.py")
+REPOSITORY = Path(__file__).resolve().parents[3]
+
+
+class DockerAgentKind(AgentKind):
+    """prefect's DockerAgent in a subprocess (``launch_docker_agent.py``), against the
+    Docker Engine API of a `podman.PodmanEngine`; each flow run a real container
+    running ``prefect execute flow-run``.
+
+    The "image" is the engine's imported root file system; the agent mounts into every
+    container, read-only, the host's ``/usr`` (Python), the test's virtual environment
+    and this checkout (the editable install), and the emulator's import directory
+    (Module storage flows). The containers are on podman's default bridge network and
+    reach the emulated server at the bridge's gateway (the server listens on every
+    address: ``server_bind``); the agent tells them so with ``PREFECT__CLOUD__API``
+    among its env vars, which prefect lets override its own guess.
+
+    Args:
+        engine: A started `PodmanEngine`.
+        loop_interval: Seconds between two polls of the agent.
+        heartbeat_period: Seconds between two heartbeats.
+    """
+
+    key = "docker"
+    server_bind = "0.0.0.0"
+
+    def __init__(self, engine: Any, loop_interval: float = 0.1, heartbeat_period: float = 1.0) -> None:
+        self.engine = engine
+        self.loop_interval = loop_interval
+        self.heartbeat_period = heartbeat_period
+
+    def _gateway(self) -> str:
+        client = self.engine.client()
+        try:
+            configs = client.inspect_network("podman")["IPAM"]["Config"]
+        finally:
+            client.close()
+        return next(config["Gateway"] for config in configs if config.get("Gateway"))
+
+    def start(
+        self, server: EmulatedServer, labels: Sequence[str], env: Mapping[str, str], workdir: Path, name: str
+    ) -> "DockerAgentProcess":
+        workdir.mkdir(parents=True, exist_ok=True)
+        venv = Path(sys.prefix)
+        container_env = {
+            "PATH": os.pathsep.join([str(venv / "bin"), "/usr/local/bin", "/usr/bin", "/bin"]),
+            "HOME": "/tmp",
+            "PREFECT__HOME_DIR": "/tmp/.prefect",
+            "PYTHONUNBUFFERED": "1",
+            "LANG": "C.UTF-8",
+            "PREFECT__CLOUD__API": f"http://{self._gateway()}:{server.port}/graphql",
+        }
+        mounts = {"/usr", sys.base_prefix, str(venv), str(REPOSITORY)}
+        if env.get("PYTHONPATH"):
+            container_env["PYTHONPATH"] = env["PYTHONPATH"]
+            mounts.update(p for p in env["PYTHONPATH"].split(os.pathsep) if p)
+        command = [sys.executable, str(DOCKER_LAUNCHER), "--name", name, "--base-url", self.engine.base_url,
+                   "--no-pull", "--loop-interval", str(self.loop_interval),
+                   "--heartbeat-period", str(self.heartbeat_period)]
+        for label in labels:
+            command += ["--label", label]
+        for path in sorted(mounts):
+            command += ["--volume", f"{path}:{path}:ro"]
+        forwarded = {k: v for k, v in env.items() if k.startswith("PREFECT__") and k not in _NOT_FORWARDED}
+        for key, value in sorted({**forwarded, **container_env}.items()):
+            command += ["--env", f"{key}={value}"]
+        log_path = workdir / f"{name}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                command, env=dict(env), cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        return DockerAgentProcess(name, labels, log_path, process, self.engine)
+
+
+class DockerAgentProcess(AgentHandle):
+    """A DockerAgent process and the containers it started (labelled
+    ``io.prefect.flow-run-id`` by the agent)."""
+
+    def __init__(self, name: str, labels: Sequence[str], log_path: Path, process: "subprocess.Popen[bytes]",
+                 engine: Any) -> None:
+        super().__init__(name, labels, log_path)
+        self.process = process
+        self.engine = engine
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def _containers(self, flow_run_id: Optional[str] = None, running: bool = True) -> List[dict]:
+        label = "io.prefect.flow-run-id" + ("" if flow_run_id is None else f"={flow_run_id}")
+        client = self.engine.client()
+        try:
+            return client.containers(all=not running, filters={"label": label})
+        finally:
+            client.close()
+
+    def running(self, flow_run_id: str) -> bool:
+        return bool(self._containers(flow_run_id))
+
+    def kill_flow_run(self, flow_run_id: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self._containers(flow_run_id)
+            if found:
+                client = self.engine.client()
+                try:
+                    for container in found:
+                        client.kill(container["Id"])  # SIGKILL: the container dies, exit 137
+                finally:
+                    client.close()
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"no container of agent {self.name!r} runs flow run {flow_run_id}")
+
+    def reap(self) -> None:
+        client = self.engine.client()
+        try:
+            for container in self._containers(running=False):
+                try:
+                    client.remove_container(container["Id"], force=True)
+                except Exception:  # removed meanwhile (auto_remove)
+                    pass
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait(10)
+        try:
+            self.reap()
+        except Exception:  # the engine is gone already
+            pass

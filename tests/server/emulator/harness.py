@@ -49,7 +49,8 @@ class Emulated:
         self.import_dir = workdir / "importable"
         self.import_dir.mkdir(parents=True, exist_ok=True)
         self.agent_kind = agent_kind or LocalAgentKind()
-        self.server = EmulatedServer(settings=settings).start()
+        # An agent kind whose flow runs are containers says where the server must listen.
+        self.server = EmulatedServer(settings=settings, bind=getattr(self.agent_kind, "server_bind", "127.0.0.1")).start()
         self.store = self.server.store
         self.url = self.server.url
         self.agents: List[AgentHandle] = []

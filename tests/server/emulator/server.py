@@ -45,6 +45,8 @@ class EmulatedServer:
         settings: The deployment's configuration (`Settings.for_tests()` by default).
             Assign a new `Settings` to `settings` at any time: the services read it
             at every turn.
+        bind: The address it listens on (127.0.0.1; "0.0.0.0" for flow runs in
+            containers, which reach it at their bridge's gateway).
 
     Attributes:
         url: The GraphQL endpoint, for ``PrefectServerConfig.api_url`` and agents'
@@ -56,7 +58,8 @@ class EmulatedServer:
         log: Every answered request, in order (`LoggedRequest`).
     """
 
-    def __init__(self, store: Optional[Store] = None, settings: Optional[Settings] = None) -> None:
+    def __init__(self, store: Optional[Store] = None, settings: Optional[Settings] = None,
+                 bind: str = "127.0.0.1") -> None:
         self.store = store or Store()
         self.settings = settings or Settings.for_tests()
         self.rules = Rules(self.store, self.settings)
@@ -88,7 +91,9 @@ class EmulatedServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # ``bind`` "0.0.0.0" for flow runs in containers on a bridge network (they reach
+        # the host at the bridge's gateway); the url stays the loopback address.
+        self._httpd = ThreadingHTTPServer((bind, 0), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/graphql"
