@@ -353,7 +353,17 @@ class ProcessRuntime:
             # No other thread yet (the manager starts below): a fork of this
             # process, which has imported prefect already, is a warm worker
             # at once, without waiting for the fork server's own import.
-            self._start_workers(1, multiprocessing.get_context("fork"))
+            # SIGINT blocked across the fork, as in the manager thread: a Ctrl-C
+            # to the process group must not reach the child inside os.fork's
+            # after-fork hooks (a KeyboardInterrupt there is printed, not raised).
+            blocked = hasattr(signal, "pthread_sigmask")
+            if blocked:
+                previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                self._start_workers(1, multiprocessing.get_context("fork"))
+            finally:
+                if blocked:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         self._thread = threading.Thread(target=self._manage, name="lume-local-manager", daemon=True)
         self._thread.start()
 

@@ -300,9 +300,12 @@ class TestPrefectsKubernetesAgent:
         flow_run_id = kubernetes_backend.submit({}, flow_id=flow_id, env={"LUME_RUN": "k8s"})
         assert kubernetes_backend.wait(flow_run_id, timeout=60) is FlowRunState.SUCCESS
         api = emulator.agent.api
-        (job_key,) = [k for k, j in api.cluster.jobs.items()
-                      if j["metadata"]["labels"]["prefect.io/flow_run_id"] == flow_run_id]
-        container = api.cluster.jobs[job_key]["spec"]["template"]["spec"]["containers"][0]
+        # The Job as the agent created it (by now the agent may have deleted it).
+        ((where, job),) = [(where, body) for method, where, _, body in api.requests
+                           if method == "POST" and where.endswith("/jobs")
+                           and body["metadata"]["labels"]["prefect.io/flow_run_id"] == flow_run_id]
+        job_key = f"{where.split('/')[-2]}/{job['metadata']['name']}"
+        container = job["spec"]["template"]["spec"]["containers"][0]
         env = {entry["name"]: entry["value"] for entry in container["env"]}
         assert (env["LUME_RUN"], env["PREFECT__CONTEXT__FLOW_RUN_ID"]) == ("k8s", flow_run_id)
         # the agent's heartbeat (manage_jobs) lists its Jobs and deletes the finished one
