@@ -335,11 +335,14 @@ class TestFollowingARun:
         assert all(r.name == "lume_scheduling.server" for r in streamed)
 
     def test_log_lines_that_arrive_after_the_final_state_are_not_lost(
-        self, backend: Any, register: Callable[..., str], emulator: Any, caplog: pytest.LogCaptureFixture
+        self, backend: Any, register: Callable[..., str], emulator: Any, caplog: pytest.LogCaptureFixture,
+        request: pytest.FixtureRequest
     ) -> None:
         caplog.set_level(logging.INFO, logger="lume_scheduling.server")
         # the runner's batches land a second late: every one after the final state
         emulator.server.faults.slow_down("write_run_logs", 1.0, source=EMULATOR.RUNNER)
+        backend = type(backend)(emulator.config(log_tail_quiet=3.0))  # a longer tail than the tests' 0.25 s
+        request.addfinalizer(backend.close)
         flow_run_id = backend.run(flow_id=register(flows.arithmetic_flow))
         assert backend.wait(flow_run_id, timeout=30) is FlowRunState.SUCCESS
         backend.get_result(flow_run_id)
@@ -347,11 +350,14 @@ class TestFollowingARun:
         assert "Task 'add': Finished task run" in messages
 
     def test_every_line_a_flow_logged_arrives_in_order_after_the_final_state(
-        self, backend: Any, register: Callable[..., str], emulator: Any, caplog: pytest.LogCaptureFixture
+        self, backend: Any, register: Callable[..., str], emulator: Any, caplog: pytest.LogCaptureFixture,
+        request: pytest.FixtureRequest
     ) -> None:
         caplog.set_level(logging.INFO, logger="lume_scheduling.server")
         # prefect's runner ships its lines in batches; each lands a second late.
         emulator.server.faults.slow_down("write_run_logs", 1.0, source=EMULATOR.RUNNER)
+        backend = type(backend)(emulator.config(log_tail_quiet=3.0))  # a longer tail than the tests' 0.25 s
+        request.addfinalizer(backend.close)
         assert backend.run_and_return({"lines": 40}, task_name="chatter", flow_id=register(flows.chatty_flow)) == 40
         lines = [
             r.getMessage().split("] ", 1)[1]

@@ -95,6 +95,9 @@ class Emulated:
             poll_max_interval=0.2,
             cancel_timeout=10.0,
             agent_check_after=None,
+            # Prefect's runner sends its last log batch at exit, moments after the
+            # final state; tests that delay it (slow_down) ask for a longer tail.
+            log_tail_quiet=0.25,
         )
         fields.update(overrides)
         return PrefectServerConfig(**fields)
