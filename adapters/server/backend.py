@@ -104,11 +104,19 @@ _SETTLE_AFTER_CLOSING_LINE = 0.5
 _TAIL_MIN_INTERVAL = 0.25
 
 
-def _logs_where(since: Optional[str]) -> str:
-    """The arguments of a ``logs`` relation: lines written at or after ``since``
-    (the server's `created`), in the order the server wrote them."""
+def _logs_selection(since: Optional[str]) -> Tuple[str, str, Dict[str, Any]]:
+    """What a query adds to read a run's log lines written at or after ``since``
+    (the server's `created`), in the order the server wrote them: its variable
+    declarations (after ``$id: uuid!``), the ``logs`` relation with its
+    arguments and fields, and its variables."""
     order = "order_by: [{created: asc}, {timestamp: asc}]"
-    return f"(where: {{created: {{_gte: $since}}}}, {order})" if since else f"({order})"
+    if not since:
+        return "", f"logs({order}) {{ {_LOG_FIELDS} }}", {}
+    return (
+        ", $since: timestamptz",
+        f"logs(where: {{created: {{_gte: $since}}}}, {order}) {{ {_LOG_FIELDS} }}",
+        {"since": since},
+    )
 _TASK_RUN_FIELDS = "id map_index serialized_state task { slug name }"
 _TASK_ERROR = re.compile(r"Error during execution of task: (?P<type>[A-Za-z_][\w.]*)\((?P<args>.*)\)\s*$", re.S)
 
@@ -517,15 +525,11 @@ class ServerBackend(Backend):
         brings the results: no second query for them.
         """
         tracked = self._track(flow_run_id)
-        since = tracked.log_since
-        where = _logs_where(since)
-        declared = "$id: uuid!, $limit: Int!, $final: [String!]" + (", $since: timestamptz" if since else "")
-        variables: Dict[str, Any] = {"id": flow_run_id, "limit": self._config.task_run_page_size, "final": _FINAL_STATES}
-        if since:
-            variables["since"] = since
+        declared, logs, variables = _logs_selection(tracked.log_since)
+        variables.update(id=flow_run_id, limit=self._config.task_run_page_size, final=_FINAL_STATES)
         data = self._query(
-            f"query({declared}) {{ flow_run_by_pk(id: $id) {{ {_RUN_FIELDS} labels "
-            f"logs{where} {{ {_LOG_FIELDS} }} "
+            f"query($id: uuid!, $limit: Int!, $final: [String!]{declared}) {{ flow_run_by_pk(id: $id) {{ "
+            f"{_RUN_FIELDS} labels {logs} "
             f"task_runs(where: {{flow_run: {{state: {{_in: $final}}}}}}, order_by: {{id: asc}}, limit: $limit) "
             f"{{ {_TASK_RUN_FIELDS} }} }} }}",
             variables,
@@ -579,13 +583,10 @@ class ServerBackend(Backend):
     def _read_logs(self, flow_run_id: str, tracked: _Tracked) -> int:
         """One query for the run's log lines written since the last read; returns
         how many new lines it streamed."""
-        since = tracked.log_since
-        declared = "$id: uuid!" + (", $since: timestamptz" if since else "")
-        variables: Dict[str, Any] = {"id": flow_run_id}
-        if since:
-            variables["since"] = since
+        declared, logs, variables = _logs_selection(tracked.log_since)
+        variables["id"] = flow_run_id
         data = self._query(
-            f"query({declared}) {{ flow_run_by_pk(id: $id) {{ logs{_logs_where(since)} {{ {_LOG_FIELDS} }} }} }}",
+            f"query($id: uuid!{declared}) {{ flow_run_by_pk(id: $id) {{ {logs} }} }}",
             variables,
             "wait",
             expect=answers.RUN_LOGS,
