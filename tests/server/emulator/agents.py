@@ -77,6 +77,23 @@ def prefect_environment(
     return env
 
 
+def _stop_agent_process(process: "subprocess.Popen[bytes]") -> None:
+    """Stop an agent process started in a process group of its own: SIGINT first
+    (the agent's own exit handler), then SIGKILL to the whole group (the agent,
+    if still there, and the flow runs it started)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait(10)
+
+
 class AgentHandle(ABC):
     """A running agent of some kind.
 
@@ -266,17 +283,7 @@ class LocalAgentProcess(AgentHandle):
         raise TimeoutError(f"no process of agent {self.name!r} runs flow run {flow_run_id}")
 
     def stop(self) -> None:
-        if self.alive():
-            self.process.send_signal(signal.SIGINT)  # the agent's own exit handler
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)  # the agent, if still there, and its flow runs
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.process.wait(10)
+        _stop_agent_process(self.process)
 
 
 # --- prefect's KubernetesAgent against the Kubernetes API double ---------------------
@@ -423,17 +430,7 @@ class KubernetesAgentProcess(AgentHandle):
         return text
 
     def stop(self) -> None:
-        if self.alive():
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.process.wait(10)
+        _stop_agent_process(self.process)
         self.api.stop()
 
 
@@ -554,28 +551,10 @@ class DockerAgentProcess(AgentHandle):
         raise TimeoutError(f"no container of agent {self.name!r} runs flow run {flow_run_id}")
 
     def reap(self) -> None:
-        client = self.engine.client()
-        try:
-            for container in self._containers(running=False):
-                try:
-                    client.remove_container(container["Id"], force=True)
-                except Exception:  # removed meanwhile (auto_remove)
-                    pass
-        finally:
-            client.close()
+        self.engine.remove_containers(self._containers(running=False))
 
     def stop(self) -> None:
-        if self.alive():
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.process.wait(10)
+        _stop_agent_process(self.process)
         try:
             self.reap()
         except Exception:  # the engine is gone already

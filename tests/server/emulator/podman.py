@@ -38,7 +38,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 # The OCI runtime podman is given: runc, after dropping the rlimits podman puts in
 # every bundle (setrlimit above the hard limit needs CAP_SYS_RESOURCE, which the
@@ -258,11 +258,12 @@ class PodmanEngine:
         except OSError:
             return ""
 
-    def remove_containers(self) -> None:
-        """Kill and remove every container (the end of a test's flow runs)."""
+    def remove_containers(self, containers: Optional[List[Dict[str, Any]]] = None) -> None:
+        """Kill and remove ``containers`` (docker-py's listing rows), or every
+        container (the end of a test's flow runs)."""
         client = self.client()
         try:
-            for container in client.containers(all=True):
+            for container in client.containers(all=True) if containers is None else containers:
                 try:
                     client.remove_container(container["Id"], force=True)
                 except Exception:  # already gone (auto_remove)
