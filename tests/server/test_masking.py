@@ -48,6 +48,15 @@ def _ended_with_every_log_line(emulator: Any, flow_run_id: str) -> None:
     raise AssertionError(f"flow run {flow_run_id} did not end within 60 s")
 
 
+def _failed_with_a_secret_logged(emulator: Any, docker: DockerBackend) -> str:
+    """A run of the failing flow, created by ``docker`` with ``SECRET`` in its env
+    and in the exception its task raises, ended with every log line written."""
+    flow_id = docker.register_flow(flows.failing_flow, PROJECT, no_url=True)
+    flow_run_id = docker.submit({"message": f"refused {SECRET}"}, flow_id=flow_id, env={"TOKEN": SECRET})
+    _ended_with_every_log_line(emulator, flow_run_id)
+    return flow_run_id
+
+
 @pytest.mark.real_agent
 class TestForwardedLogLines:
     """The run's own log lines, written by prefect's runner and read back from the
@@ -57,9 +66,7 @@ class TestForwardedLogLines:
         self, emulator: Any, docker: DockerBackend, caplog: pytest.LogCaptureFixture
     ) -> None:
         caplog.set_level(logging.DEBUG)
-        flow_id = docker.register_flow(flows.failing_flow, PROJECT, no_url=True)
-        flow_run_id = docker.submit({"message": f"refused {SECRET}"}, flow_id=flow_id, env={"TOKEN": SECRET})
-        _ended_with_every_log_line(emulator, flow_run_id)
+        flow_run_id = _failed_with_a_secret_logged(emulator, docker)
         # the runner logged the task's exception, with the secret, on the server
         assert any(SECRET in row["message"] for row in emulator.store.where("log", flow_run_id=flow_run_id))
         start = emulator.server.request_count
@@ -75,9 +82,7 @@ class TestForwardedLogLines:
         self, emulator: Any, docker: DockerBackend, caplog: pytest.LogCaptureFixture
     ) -> None:
         caplog.set_level(logging.DEBUG)
-        flow_id = docker.register_flow(flows.failing_flow, PROJECT, no_url=True)
-        flow_run_id = docker.submit({"message": f"refused {SECRET}"}, flow_id=flow_id, env={"TOKEN": SECRET})
-        _ended_with_every_log_line(emulator, flow_run_id)
+        flow_run_id = _failed_with_a_secret_logged(emulator, docker)
         with DockerBackend(emulator.config()) as other:  # as `lume-scheduling result RUN_ID` would
             assert other.wait(flow_run_id, timeout=30) is FlowRunState.FAILED
             with pytest.raises(FlowFailedError):

@@ -21,7 +21,7 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, Iterator, List
 
 import prefect
 import pydantic
@@ -55,6 +55,17 @@ from lume_scheduling.domain import (
 
 CONFTEST = sys.modules[next(name for name in sys.modules if name.endswith("server.conftest"))]
 PROJECT = CONFTEST.PROJECT
+
+
+@pytest.fixture
+def late_batches(backend: Any, emulator: Any, caplog: pytest.LogCaptureFixture) -> Iterator[Any]:
+    """A backend of ``backend``'s kind that tails a run's logs for 3 s (the tests'
+    emulator config says 0.25 s), on an emulator where each of the runner's log
+    batches lands a second late: every one after the final state."""
+    caplog.set_level(logging.INFO, logger="lume_scheduling.server")
+    emulator.server.faults.slow_down("write_run_logs", 1.0, source=EMULATOR.RUNNER)
+    with type(backend)(emulator.config(log_tail_quiet=3.0)) as tailing:
+        yield tailing
 
 
 def tail_reads(queries: Any) -> int:
@@ -335,14 +346,9 @@ class TestFollowingARun:
         assert all(r.name == "lume_scheduling.server" for r in streamed)
 
     def test_log_lines_that_arrive_after_the_final_state_are_not_lost(
-        self, backend: Any, register: Callable[..., str], emulator: Any, caplog: pytest.LogCaptureFixture,
-        request: pytest.FixtureRequest
+        self, late_batches: Any, register: Callable[..., str], caplog: pytest.LogCaptureFixture
     ) -> None:
-        caplog.set_level(logging.INFO, logger="lume_scheduling.server")
-        # the runner's batches land a second late: every one after the final state
-        emulator.server.faults.slow_down("write_run_logs", 1.0, source=EMULATOR.RUNNER)
-        backend = type(backend)(emulator.config(log_tail_quiet=3.0))  # a longer tail than the tests' 0.25 s
-        request.addfinalizer(backend.close)
+        backend = late_batches
         flow_run_id = backend.run(flow_id=register(flows.arithmetic_flow))
         assert backend.wait(flow_run_id, timeout=30) is FlowRunState.SUCCESS
         backend.get_result(flow_run_id)
@@ -350,14 +356,9 @@ class TestFollowingARun:
         assert "Task 'add': Finished task run" in messages
 
     def test_every_line_a_flow_logged_arrives_in_order_after_the_final_state(
-        self, backend: Any, register: Callable[..., str], emulator: Any, caplog: pytest.LogCaptureFixture,
-        request: pytest.FixtureRequest
+        self, late_batches: Any, register: Callable[..., str], caplog: pytest.LogCaptureFixture
     ) -> None:
-        caplog.set_level(logging.INFO, logger="lume_scheduling.server")
-        # prefect's runner ships its lines in batches; each lands a second late.
-        emulator.server.faults.slow_down("write_run_logs", 1.0, source=EMULATOR.RUNNER)
-        backend = type(backend)(emulator.config(log_tail_quiet=3.0))  # a longer tail than the tests' 0.25 s
-        request.addfinalizer(backend.close)
+        backend = late_batches
         assert backend.run_and_return({"lines": 40}, task_name="chatter", flow_id=register(flows.chatty_flow)) == 40
         lines = [
             r.getMessage().split("] ", 1)[1]

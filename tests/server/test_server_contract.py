@@ -29,8 +29,9 @@ REAL_API = os.environ.get("LUME_SCHEDULING_TEST_PREFECT_API")
 REAL_IMAGE = os.environ.get("LUME_SCHEDULING_TEST_PREFECT_IMAGE", "prefecthq/prefect:1.4.1-python3.11")
 
 
-@pytest.mark.real_agent
-class TestDockerBackendContract(BackendContractSuite):
+class _OnTheEmulatedServer:
+    """DockerBackend on the test's emulated server, runs in the emulated image."""
+
     @pytest.fixture
     def backend(self, emulator: Any) -> Iterator[DockerBackend]:
         with DockerBackend(emulator.config()) as backend:
@@ -42,9 +43,15 @@ class TestDockerBackendContract(BackendContractSuite):
 
 
 @pytest.mark.real_agent
+class TestDockerBackendContract(_OnTheEmulatedServer, BackendContractSuite):
+    pass
+
+
+@pytest.mark.real_agent
 @pytest.mark.container_engine
 class TestDockerBackendOnContainersContract(
-    RunContract, ResultSelectionContract, RunErrorContract, LifecycleContract, TimeoutAndCancelContract
+    _OnTheEmulatedServer, RunContract, ResultSelectionContract, RunErrorContract, LifecycleContract,
+    TimeoutAndCancelContract,
 ):
     """Flow runs executed by prefect's unmodified DockerAgent on a real Docker Engine
     API (podman, ``container_engine`` fixture): each a container running
@@ -60,15 +67,6 @@ class TestDockerBackendOnContainersContract(
     @pytest.fixture
     def agent_kind(self, container_engine: Any) -> Any:
         return EMULATOR.DockerAgentKind(container_engine)
-
-    @pytest.fixture
-    def backend(self, emulator: Any) -> Iterator[DockerBackend]:
-        with DockerBackend(emulator.config()) as backend:
-            yield backend
-
-    @pytest.fixture
-    def run_config_fields(self) -> Dict[str, Any]:
-        return {"image": EMULATED_IMAGE}
 
 
 @pytest.mark.real_agent
