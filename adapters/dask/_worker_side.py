@@ -326,6 +326,11 @@ class RunLedger(SchedulerPlugin):
         self._scheduler = scheduler
         scheduler.stream_handlers[STARTED_OP] = self.started
 
+    def has_started(self, key: str) -> bool:
+        """Whether a worker has said it started the flow of ``key`` (and the run
+        has not ended)."""
+        return key in self._started
+
     def started(self, key: str, worker: str, **_: Any) -> None:
         """A worker's message: it starts the flow of ``key`` now."""
         task = self._scheduler.tasks.get(key)

@@ -553,13 +553,12 @@ def _scheduler_states(dask_scheduler: Any, keys: List[str]) -> Dict[str, Optiona
     task handed over waits there until a thread is free.
     """
     ledger = dask_scheduler.plugins.get(SCHEDULER_PLUGIN)
-    started = getattr(ledger, "_started", {})
     found: Dict[str, Optional[str]] = {}
     for key in keys:
         task = dask_scheduler.tasks.get(key)
         if task is None:
             found[key] = None
-        elif task.state == "processing" and key in started:
+        elif task.state == "processing" and ledger is not None and ledger.has_started(key):
             found[key] = "started"
         else:
             found[key] = task.state
